@@ -1,0 +1,75 @@
+"""Typed configuration of the network, the noise range and training: one place, with the defaults."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NetworkConfig(_Strict):
+    """The raw MLP F_θ and its time embedding."""
+
+    width: int = Field(128, ge=1, le=4096)
+    depth: int = Field(4, ge=1, le=32)
+    time_frequencies: int = Field(4, ge=1, le=64)
+    max_frequency: float = Field(1.0, gt=0, le=1000)
+
+
+class NoiseConfig(_Strict):
+    """The diffusion's time range and schedule; sigma_data None means "measure it from the data"."""
+
+    sigma_min: float = Field(0.002, gt=0)
+    sigma_max: float = Field(10.0, gt=0)
+    sigma_data: float | None = Field(None, gt=0)
+    rho: float = Field(7.0, gt=0)
+    schedule: Literal["karras", "exponential", "linear"] = "karras"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "NoiseConfig":
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError("sigma_min must be below sigma_max")
+        return self
+
+
+class TeacherConfig(_Strict):
+    """Phase 1: the EDM teacher, trained with denoising score matching alone."""
+
+    steps: int = Field(4000, ge=0)
+    batch_size: int = Field(1024, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    p_mean: float = -0.6
+    p_std: float = Field(1.6, gt=0)
+    eval_ema: float = Field(0.99, ge=0, lt=1)
+
+
+class CTMConfig(_Strict):
+    """Phase 2: the CTM student, soft consistency loss + λ_DSM·DSM."""
+
+    steps: int = Field(2000, ge=0)
+    batch_size: int = Field(512, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    lambda_dsm: float = Field(0.1, ge=0)
+    target_ema: float = Field(0.0, ge=0, lt=1)
+    eval_ema: float = Field(0.99, ge=0, lt=1)
+    grid_points: int = Field(64, ge=3, le=4096)
+    end_probability: float = Field(0.5, ge=0, le=1)
+    pool_size: int = Field(32768, ge=16)
+    scratch_max_jump: int = Field(1, ge=1)
+
+
+class TrainConfig(_Strict):
+    """Everything one training run needs; what is saved in the checkpoint's metadata."""
+
+    mode: Literal["distill", "scratch"] = "distill"
+    task: str | None = "two_gmm_1D"
+    data: str | None = None
+    holdout: float = Field(0.2, ge=0, lt=1)
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    network: NetworkConfig = NetworkConfig()
+    noise: NoiseConfig = NoiseConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    ctm: CTMConfig = CTMConfig()

@@ -1,0 +1,211 @@
+"""CTM samplers and PF-ODE solvers; each returns the whole trajectory and its NFE.
+
+Every sampler shares one signature, `sample_x(model, x, sigmas, generator=None, gamma=0.0)`:
+`model` has `jump(x, t, s)` (the CTM jump G) and/or `denoise(x, t)` (the denoiser D), `x` is the
+latent x_T at sigmas[0], shape (n,), and `sigmas` runs from σ_max down to σ_min, shape (K + 1,).
+"""
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+
+from ctm_core.schedules import get_sigmas
+
+NoiseMode = Literal["random", "quantile"]
+SamplerName = Literal["onestep", "multistep", "gamma", "euler", "heun"]
+
+
+class Jumper(Protocol):
+    def jump(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor: ...
+
+
+class Denoiser(Protocol):
+    def denoise(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """States (K + 1, n) at noise levels sigmas (K + 1,), from x_T to the samples; nfe evaluations."""
+
+    sigmas: torch.Tensor
+    states: torch.Tensor
+    nfe: int
+
+    @property
+    def samples(self) -> torch.Tensor:
+        """The final states, shape (n,)."""
+        return self.states[-1]
+
+
+def _level(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+
+
+def sample_onestep(
+    model: Jumper,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    generator: torch.Generator | None = None,
+    gamma: float = 0.0,
+) -> Trajectory:
+    """CTM one-step generation: x = G(x_T, σ_max, σ_min) (Kim et al. 2023, sec. 4). NFE 1."""
+    ends = torch.stack([sigmas[0], sigmas[-1]])
+    out = model.jump(x, _level(ends[0], x), _level(ends[1], x))
+    return Trajectory(ends, torch.stack([x, out]), nfe=1)
+
+
+def sample_multistep(
+    model: Jumper,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    generator: torch.Generator | None = None,
+    gamma: float = 0.0,
+) -> Trajectory:
+    """Deterministic CTM multistep sampling: x ← G(x, τ_i, τ_{i+1}) (Algorithm 3 with γ = 0)."""
+    states = [x]
+    for t, s in itertools.pairwise(sigmas):
+        x = model.jump(x, _level(t, x), _level(s, x))
+        states.append(x)
+    return Trajectory(sigmas, torch.stack(states), nfe=len(sigmas) - 1)
+
+
+def sample_gamma(
+    model: Jumper,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    generator: torch.Generator | None = None,
+    gamma: float = 0.5,
+) -> Trajectory:
+    """γ-sampling, Algorithm 3 of Kim et al. (2023): jump to √(1−γ²)·τ_{i+1}, then renoise to τ_{i+1}.
+
+    The intermediate target is kept ≥ σ_min (γ = 1 would otherwise ask for time 0), and the fresh
+    noise restores exactly the marginal level τ_{i+1}: std √(τ_{i+1}² − s²), which is γ·τ_{i+1}
+    whenever s is not clamped. The last step jumps straight to σ_min. NFE K.
+    """
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    sigma_end = sigmas[-1]
+    states = [x]
+    n_steps = len(sigmas) - 1
+    for i in range(n_steps):
+        t, level = sigmas[i], sigmas[i + 1]
+        if i == n_steps - 1:
+            x = model.jump(x, _level(t, x), _level(sigma_end, x))
+        else:
+            s = torch.clamp((1 - gamma**2) ** 0.5 * level, min=sigma_end)
+            x = model.jump(x, _level(t, x), _level(s, x))
+            noise_std = (level**2 - s**2).clamp(min=0).sqrt()
+            # Noise is drawn on the CPU generator so a seed means the same on every device.
+            eps = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+            x = x + _level(noise_std, x) * eps
+        states.append(x)
+    return Trajectory(sigmas, torch.stack(states), nfe=n_steps)
+
+
+def _drift(model: Denoiser, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """PF-ODE drift dx/dt = (x − D(x, t)) / t (Karras et al. 2022, eq. 4 with σ(t) = t)."""
+    t = _level(t, x)
+    return (x - model.denoise(x, t)) / t
+
+
+def sample_euler(
+    model: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    generator: torch.Generator | None = None,
+    gamma: float = 0.0,
+) -> Trajectory:
+    """Euler steps on the PF-ODE (Karras et al. 2022, Algorithm 1 without the Heun correction). NFE K."""
+    states = [x]
+    for t, s in itertools.pairwise(sigmas):
+        x = x + _level(s - t, x) * _drift(model, x, t)
+        states.append(x)
+    return Trajectory(sigmas, torch.stack(states), nfe=len(sigmas) - 1)
+
+
+def sample_heun(
+    model: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    generator: torch.Generator | None = None,
+    gamma: float = 0.0,
+) -> Trajectory:
+    """Heun's 2nd-order method (Karras et al. 2022, Algorithm 1); the last step is Euler. NFE 2K − 1."""
+    states = [x]
+    n_steps = len(sigmas) - 1
+    for i in range(n_steps):
+        t, s = sigmas[i], sigmas[i + 1]
+        dt = _level(s - t, x)
+        d = _drift(model, x, t)
+        x_euler = x + dt * d
+        x = x + dt * 0.5 * (d + _drift(model, x_euler, s)) if i < n_steps - 1 else x_euler
+        states.append(x)
+    return Trajectory(sigmas, torch.stack(states), nfe=max(2 * n_steps - 1, 1))
+
+
+SamplerFn = Callable[..., Trajectory]
+SAMPLERS: dict[str, SamplerFn] = {
+    "onestep": sample_onestep,
+    "multistep": sample_multistep,
+    "gamma": sample_gamma,
+    "euler": sample_euler,
+    "heun": sample_heun,
+}
+# Samplers that need the CTM jump G (the others only need a denoiser D).
+JUMP_SAMPLERS = frozenset({"onestep", "multistep", "gamma"})
+
+
+def nfe_of(sampler: str, steps: int) -> int:
+    """Network evaluations a sampler spends for a number of steps."""
+    return 2 * steps - 1 if sampler == "heun" else steps
+
+
+def quantile_latent(n: int, sigma_max: float) -> torch.Tensor:
+    """Stratified latent z_i = σ_max·Φ⁻¹((i + ½)/n), shape (n,), float32 (computed in float64)."""
+    p = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    return (sigma_max * torch.special.ndtri(p)).float()
+
+
+def latent(n: int, sigma_max: float, noise: NoiseMode, generator: torch.Generator) -> torch.Tensor:
+    """x_T of shape (n,): σ_max·N(0, 1) from the generator, or the n quantiles of N(0, σ_max²)."""
+    if noise == "quantile":
+        return quantile_latent(n, sigma_max)
+    if noise == "random":
+        return sigma_max * torch.randn(n, generator=generator)
+    raise ValueError(f"unknown noise mode {noise!r}; choose 'random' or 'quantile'")
+
+
+@torch.inference_mode()
+def generate(
+    model: Jumper | Denoiser,
+    sampler: str,
+    steps: int,
+    n: int,
+    *,
+    sigma_min: float,
+    sigma_max: float,
+    rho: float = 7.0,
+    schedule: str = "karras",
+    seed: int = 0,
+    noise: NoiseMode = "random",
+    gamma: float = 0.5,
+    device: torch.device | str = "cpu",
+) -> Trajectory:
+    """Draw n samples with the named sampler over `steps` steps of the schedule, from one seed.
+
+    The latent and every later random draw come from one CPU generator seeded with `seed`, so the
+    same arguments give the same trajectory in any process on the same platform.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+    if steps < 1:
+        raise ValueError(f"steps must be ≥ 1, got {steps}")
+    if sampler == "onestep" and steps != 1:
+        raise ValueError("the onestep sampler takes exactly 1 step")
+    generator = torch.Generator().manual_seed(seed)
+    x = latent(n, sigma_max, noise, generator).to(device)
+    sigmas = get_sigmas(schedule, steps + 1, sigma_min, sigma_max, rho)
+    return SAMPLERS[sampler](model, x, sigmas, generator=generator, gamma=gamma)
