@@ -81,7 +81,8 @@ class Task(ABC):
         The grid joins 3,000 points uniform in x and 3,000 points uniform in probability over
         F⁻¹(1e-7)..F⁻¹(1 − 1e-7), with trapezoid weights p(x₀)·Δx₀. Accuracy is limited by the
         local grid spacing h (a few 1e-3 for the built-in tasks): errors are ~1e-4 for t ≥ 0.05
-        but grow as t approaches h, where the posterior snaps to grid points. t = 0 returns x.
+        but grow as t approaches h, where the posterior snaps to grid points; for small t an x
+        beyond the grid is pulled to the grid's edge. t = 0 returns x.
         """
         grid, log_w = self._quadrature_grid()
         return _grid_posterior_mean(x, t, torch.from_numpy(grid), torch.from_numpy(log_w))
@@ -207,7 +208,9 @@ class GaussianMixture(Task):
     def quantile(self, p: np.ndarray) -> np.ndarray:
         """F⁻¹(p) by vectorised bisection to |Δx| < 1e-12, bracketed by component quantiles."""
         p = _as_f64(p)
-        flat = p.reshape(-1)
+        raw = p.reshape(-1)
+        # Solve on (0, 1) so no bracket is infinite; p ≤ 0 and p ≥ 1 are set to ∓inf at the end.
+        flat = np.clip(raw, 2.0**-1074, 1.0 - 2.0**-53)
         # F⁻¹(p) lies between the smallest and largest component quantile at p.
         comp_q = self.means + self.stds * special.ndtri(flat[:, None])
         lo, hi = comp_q.min(axis=1), comp_q.max(axis=1)
@@ -226,8 +229,7 @@ class GaussianMixture(Task):
             lo = np.where(active & below, mid, lo)
             hi = np.where(active & ~below, mid, hi)
         out = 0.5 * (lo + hi)
-        out = np.where(flat <= 0, -np.inf, np.where(flat >= 1, np.inf, out))
-        out = np.where(np.isnan(flat), np.nan, out)
+        out = np.where(raw <= 0, -np.inf, np.where(raw >= 1, np.inf, out))
         return out.reshape(p.shape)
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:

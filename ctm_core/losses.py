@@ -1,0 +1,57 @@
+"""Training losses: EDM denoising score matching and the CTM soft consistency loss (no GAN)."""
+
+import torch
+
+from ctm_core.parametrization import CTMParametrization
+
+
+class DSMLoss:
+    """Denoising score matching, EDM loss (Karras et al. 2022, eq. 2 and Table 1).
+
+    ln t ~ N(P_mean, P_std²) (clamped to the model's time range), λ(t) = (t² + σ_d²)/(t·σ_d)²,
+    loss = E λ(t)·(D_θ(x_0 + t·ε, t) − x_0)².
+    """
+
+    def __init__(
+        self, p_mean: float, p_std: float, sigma_data: float, sigma_min: float, sigma_max: float
+    ) -> None:
+        self.p_mean, self.p_std, self.sigma_data = p_mean, p_std, sigma_data
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+
+    def __call__(
+        self, model: CTMParametrization, x0: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        rnd = torch.randn(x0.shape, generator=generator).to(x0.device)
+        t = (rnd * self.p_std + self.p_mean).exp().clamp(self.sigma_min, self.sigma_max)
+        weight = (t**2 + self.sigma_data**2) / (t * self.sigma_data) ** 2
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        denoised = model.denoise(x0 + t * noise, t)
+        return (weight * (denoised - x0) ** 2).mean()
+
+
+class ConsistencyLoss:
+    """CTM soft consistency loss (Kim et al. 2023, eq. 9), squared error in 1D data space.
+
+    estimate = G_sg(G_θ(x_t, t, s), s, σ_min);  target = G_sg(G_sg(x_u, u, s), s, σ_min),
+    where x_u is the solver's solution of the PF-ODE from (x_t, t) to u, given by the caller.
+    Only G_θ(x_t, t, s) carries gradients; `target` is the stop-gradient (EMA) network.
+    """
+
+    def __init__(self, sigma_min: float) -> None:
+        self.sigma_min = sigma_min
+
+    def __call__(
+        self,
+        model: CTMParametrization,
+        target: CTMParametrization,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        x_u: torch.Tensor,
+        u: torch.Tensor,
+        s: torch.Tensor,
+    ) -> torch.Tensor:
+        end = torch.full_like(s, self.sigma_min)
+        estimate = target.jump(model.jump(x_t, t, s), s, end)
+        with torch.no_grad():
+            goal = target.jump(target.jump(x_u, u, s), s, end)
+        return ((estimate - goal) ** 2).mean()

@@ -1,0 +1,250 @@
+"""The training loop: EDM teacher (phase 1), then the CTM student (phase 2); owns optimiser and EMAs.
+
+Distillation precomputes the teacher's PF-ODE trajectories once (Heun on a fine Karras grid from
+x_T = σ_max·z): every x_t and solver solution x_u the consistency loss needs is then a table
+look-up, which is what makes a CTM step cost about as much as a DSM step.
+"""
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ctm_core.checkpoint import build_model
+from ctm_core.config import TrainConfig
+from ctm_core.ema import ema_update
+from ctm_core.losses import ConsistencyLoss, DSMLoss
+from ctm_core.parametrization import CTMParametrization
+from ctm_core.samplers import sample_heun
+from ctm_core.schedules import karras_sigmas
+
+# Called with (phase, step) after each step; returning True asks the loop to save a checkpoint.
+StepHook = Callable[["Trainer", str, int], None]
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: which phase, how many steps of it are done, the losses seen."""
+
+    phase: str = "teacher"
+    step: int = 0
+    losses: dict[str, list[float]] = field(default_factory=lambda: {"teacher": [], "ctm": []})
+    wall_seconds: float = 0.0
+
+
+def cosine_lr(base: float, step: int, total: int, warmup: int = 100, floor: float = 0.02) -> float:
+    """Linear warm-up, then cosine decay from `base` to `floor`·base at the last step."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def draw_ctm_indices(
+    batch: int, n_grid: int, end_probability: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Grid indices n < m ≤ k for (t, u, s) = (t_n, t_m, t_k) on a grid of n_grid points.
+
+    n is uniform over all but the last point; u is uniform anywhere in (t, σ_min], so some targets
+    come straight from the solver; s is σ_min with probability `end_probability`, else uniform in
+    [u, σ_min].
+    """
+    n = torch.randint(0, n_grid - 1, (batch,), generator=generator)
+    m = n + 1 + (torch.rand(batch, generator=generator) * (n_grid - 1 - n)).long()
+    k = m + (torch.rand(batch, generator=generator) * (n_grid - m)).long()
+    at_end = torch.rand(batch, generator=generator) < end_probability
+    k = torch.where(at_end, torch.full_like(k, n_grid - 1), k)
+    return n, m, k
+
+
+class Trainer:
+    """Owns the networks, the optimiser, the EMAs and the loop of one training run."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        sample_data: Callable[[int, torch.Generator], torch.Tensor],
+        sigma_data: float,
+        device: torch.device,
+        progress: bool = True,
+    ) -> None:
+        self.config = config
+        self.sample_data = sample_data
+        self.sigma_data = sigma_data
+        self.device = device
+        self.progress = progress
+        noise = config.noise
+        self.grid = karras_sigmas(config.ctm.grid_points, noise.sigma_min, noise.sigma_max, noise.rho).to(
+            device, torch.float32
+        )
+
+        torch.manual_seed(config.seed)  # weight initialisation
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.online = build_model(config.network, sigma_data).to(device)
+        self.teacher_eval: CTMParametrization = _frozen_copy(self.online)
+        self.student_eval: CTMParametrization = _frozen_copy(self.online)
+        self.target: CTMParametrization = _frozen_copy(self.online)
+        self.optimizer = self._new_optimizer(config.teacher.lr)
+        self.state = TrainState(phase="teacher" if config.mode == "distill" else "ctm")
+        self._pool: torch.Tensor | None = None
+
+        self.dsm_teacher = DSMLoss(
+            config.teacher.p_mean, config.teacher.p_std, sigma_data, noise.sigma_min, noise.sigma_max
+        )
+        self.consistency = ConsistencyLoss(noise.sigma_min)
+
+    # ---- the loop -------------------------------------------------------------------------
+    def run(self, hook: StepHook | None = None) -> TrainState:
+        """Train to the configured number of steps (resuming where the state stands)."""
+        if self.state.phase == "teacher":
+            self._loop("teacher", self.config.teacher.steps, self._teacher_step, hook)
+            self._start_ctm()
+        if self.state.phase == "ctm":
+            self._loop("ctm", self.config.ctm.steps, self._ctm_step, hook)
+            self.state.phase = "done"
+        return self.state
+
+    def _loop(self, phase: str, total: int, step_fn: Callable[[int], float], hook: StepHook | None) -> None:
+        base_lr = self.config.teacher.lr if phase == "teacher" else self.config.ctm.lr
+        bar = tqdm(
+            total=total,
+            initial=self.state.step,
+            desc=f"{phase:>7}",
+            disable=not self.progress,
+            dynamic_ncols=True,
+            leave=True,
+        )
+        started = time.perf_counter()
+        running = None
+        try:
+            while self.state.step < total:
+                for group in self.optimizer.param_groups:
+                    group["lr"] = cosine_lr(base_lr, self.state.step, total)
+                loss = step_fn(self.state.step)
+                self.state.losses[phase].append(loss)
+                running = loss if running is None else 0.98 * running + 0.02 * loss
+                self.state.step += 1
+                bar.update(1)
+                if self.state.step % 50 == 0:
+                    bar.set_postfix(loss=f"{running:.4g}")
+                if hook is not None:
+                    hook(self, phase, self.state.step)
+        finally:
+            self.state.wall_seconds += time.perf_counter() - started
+            bar.close()
+
+    def _teacher_step(self, step: int) -> float:
+        x0 = self.sample_data(self.config.teacher.batch_size, self.generator).to(self.device)
+        loss = self.dsm_teacher(self.online, x0, self.generator)
+        self._optimise(loss)
+        ema_update(self.teacher_eval, self.online, self.config.teacher.eval_ema)
+        return loss.item()
+
+    def _start_ctm(self) -> None:
+        """Phase 2 starts from the teacher: the student is initialised with its EMA weights."""
+        self.online.load_state_dict(self.teacher_eval.state_dict())
+        self.student_eval.load_state_dict(self.teacher_eval.state_dict())
+        self.target.load_state_dict(self.teacher_eval.state_dict())
+        self.optimizer = self._new_optimizer(self.config.ctm.lr)
+        self.state.phase, self.state.step = "ctm", 0
+
+    def _ctm_step(self, step: int) -> float:
+        cfg = self.config.ctm
+        batch = cfg.batch_size
+        n, m, k = draw_ctm_indices(batch, len(self.grid), cfg.end_probability, self.generator)
+        if self.config.mode == "distill":
+            pool = self.teacher_pool()
+            rows = torch.randint(0, pool.shape[1], (batch,), generator=self.generator)
+            x_t, x_u = pool[n, rows], pool[m, rows]
+        else:
+            # From scratch: x_t from the data, and the solver is one Heun step with the EMA student.
+            m = torch.minimum(
+                n + 1 + torch.randint(0, cfg.scratch_max_jump, (batch,), generator=self.generator), k
+            )
+            x0 = self.sample_data(batch, self.generator).to(self.device)
+            x_t = x0 + self.grid[n] * torch.randn(batch, generator=self.generator).to(self.device)
+            x_u = self._heun_step(x_t, self.grid[n], self.grid[m])
+        t, u, s = self.grid[n], self.grid[m], self.grid[k]
+        loss = self.consistency(self.online, self.target, x_t, t, x_u, u, s)
+        if cfg.lambda_dsm > 0:
+            x0 = self.sample_data(batch, self.generator).to(self.device)
+            loss = loss + cfg.lambda_dsm * self.dsm_teacher(self.online, x0, self.generator)
+        self._optimise(loss)
+        ema_update(self.target, self.online, cfg.target_ema)
+        ema_update(self.student_eval, self.online, cfg.eval_ema)
+        return loss.item()
+
+    @torch.no_grad()
+    def _heun_step(self, x: torch.Tensor, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """One Heun step of the PF-ODE from t to u (per element) with the target's denoiser."""
+        d = (x - self.target.denoise(x, t)) / t
+        x_euler = x + (u - t) * d
+        d_next = (x_euler - self.target.denoise(x_euler, u)) / u
+        return x + (u - t) * 0.5 * (d + d_next)
+
+    def teacher_pool(self) -> torch.Tensor:
+        """The teacher's Heun trajectories on the training grid, shape (grid_points, pool_size)."""
+        if self._pool is None:
+            cfg = self.config.ctm
+            pool_gen = torch.Generator().manual_seed(self.config.seed + 1)
+            x_T = self.config.noise.sigma_max * torch.randn(cfg.pool_size, generator=pool_gen)
+            with torch.inference_mode():
+                traj = sample_heun(self.teacher_eval, x_T.to(self.device), self.grid.double())
+            self._pool = traj.states.clone()
+        return self._pool
+
+    def _optimise(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def _new_optimizer(self, lr: float) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.online.parameters(), lr=lr)
+
+    # ---- resumable state ------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Everything beyond the shipped weights that resuming needs, as flat tensors."""
+        tensors = {f"online.{k}": v for k, v in self.online.state_dict().items()}
+        tensors |= {f"target.{k}": v for k, v in self.target.state_dict().items()}
+        tensors |= {f"teacher_eval.{k}": v for k, v in self.teacher_eval.state_dict().items()}
+        for index, slots in self.optimizer.state_dict()["state"].items():
+            for key, value in slots.items():
+                tensors[f"optim.{index}.{key}"] = torch.as_tensor(value)
+        tensors["rng"] = self.generator.get_state()
+        return tensors
+
+    def state_metadata(self) -> dict[str, Any]:
+        return {"phase": self.state.phase, "step": self.state.step}
+
+    def restore(
+        self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], student: CTMParametrization
+    ) -> None:
+        """Load what `state_tensors` saved (plus the evaluation student) to continue a run."""
+
+        def part(prefix: str) -> dict[str, torch.Tensor]:
+            return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+
+        self.online.load_state_dict(part("online."))
+        self.target.load_state_dict(part("target."))
+        self.teacher_eval.load_state_dict(part("teacher_eval."))
+        self.student_eval.load_state_dict(student.state_dict())
+        self.state.phase, self.state.step = str(meta["phase"]), int(meta["step"])
+        lr = self.config.teacher.lr if self.state.phase == "teacher" else self.config.ctm.lr
+        self.optimizer = self._new_optimizer(lr)
+        optim = self.optimizer.state_dict()
+        slots: dict[int, dict[str, torch.Tensor]] = {}
+        for name, value in part("optim.").items():
+            index, key = name.split(".", 1)
+            slots.setdefault(int(index), {})[key] = value
+        optim["state"] = slots
+        self.optimizer.load_state_dict(optim)
+        self.generator.set_state(tensors["rng"])
+
+
+def _frozen_copy(model: CTMParametrization) -> CTMParametrization:
+    return copy.deepcopy(model).requires_grad_(False)
