@@ -1,6 +1,7 @@
 """The HTTP service in-process: httpx against the ASGI app (lifespan run), every endpoint and error."""
 
 import hashlib
+import itertools
 import math
 import os
 import statistics
@@ -12,15 +13,16 @@ from typing import Any
 import httpx
 import pytest
 
+from ctm_core.config import NoiseConfig
 from ctm_core.samplers import SAMPLERS
 from service.__main__ import main as cli_main
 from service.app import create_app
 from service.config import MAX_SEED, Settings
 from service.schemas import ModelInfo, SampleResponse, TrajectoryResponse
-from tests.conftest import FIXTURE_MODELS
 
 pytestmark = pytest.mark.anyio
 
+Models = dict[str, tuple[NoiseConfig, bool]]
 SAMPLE_KEYS = ["model", "sampler", "steps", "nfe", "n", "seed", "noise", "samples"]
 
 
@@ -85,7 +87,14 @@ async def test_sample_defaults(client: httpx.AsyncClient) -> None:
 
 @pytest.mark.parametrize(
     ("sampler", "steps", "nfe"),
-    [("onestep", 1, 1), ("multistep", 4, 4), ("gamma", 4, 4), ("euler", 4, 4), ("heun", 4, 7), ("heun", 1, 1)],
+    [
+        ("onestep", 1, 1),
+        ("multistep", 4, 4),
+        ("gamma", 4, 4),
+        ("euler", 4, 4),
+        ("heun", 4, 7),
+        ("heun", 1, 1),
+    ],
 )
 async def test_sample_each_sampler(client: httpx.AsyncClient, sampler: str, steps: int, nfe: int) -> None:
     params = {"model": "gauss_1D", "sampler": sampler, "steps": steps, "n": 33, "seed": 5}
@@ -153,19 +162,26 @@ async def test_default_model_setting(checkpoint_dir: Path) -> None:
 
 @pytest.mark.parametrize(
     ("model", "sampler", "steps"),
-    [("two_gmm_1D", "onestep", 1), ("gauss_1D", "multistep", 6), ("gauss_1D", "gamma", 4), ("two_gmm_1D", "heun", 3)],
+    [
+        ("two_gmm_1D", "onestep", 1),
+        ("gauss_1D", "multistep", 6),
+        ("gauss_1D", "gamma", 4),
+        ("two_gmm_1D", "heun", 3),
+    ],
 )
-async def test_trajectory_matches_sample(client: httpx.AsyncClient, model: str, sampler: str, steps: int) -> None:
+async def test_trajectory_matches_sample(
+    client: httpx.AsyncClient, checkpoint_models: Models, model: str, sampler: str, steps: int
+) -> None:
     params = {"model": model, "sampler": sampler, "steps": steps, "n": 17, "seed": 42}
     body = await get_json(client, "/trajectory", params)
     TrajectoryResponse.model_validate(body)
     assert list(body) == [*SAMPLE_KEYS, "sigmas", "paths"]
-    noise = FIXTURE_MODELS[model][0]
+    noise = checkpoint_models[model][0]
     sigmas = body["sigmas"]
     assert len(sigmas) == steps + 1
     assert sigmas[0] == noise.sigma_max
     assert sigmas[-1] == noise.sigma_min
-    assert all(a > b for a, b in zip(sigmas, sigmas[1:], strict=False))
+    assert all(a > b for a, b in itertools.pairwise(sigmas))
     assert len(body["paths"]) == 17
     assert all(len(path) == steps + 1 for path in body["paths"])
     assert [path[-1] for path in body["paths"]] == body["samples"]
@@ -175,10 +191,10 @@ async def test_trajectory_matches_sample(client: httpx.AsyncClient, model: str, 
     assert {k: sample[k] for k in SAMPLE_KEYS} == {k: body[k] for k in SAMPLE_KEYS}
 
 
-async def test_trajectory_quantile_latent(client: httpx.AsyncClient) -> None:
+async def test_trajectory_quantile_latent(client: httpx.AsyncClient, checkpoint_models: Models) -> None:
     n = 9
     body = await get_json(client, "/trajectory", {"model": "gauss_1D", "n": n, "noise": "quantile"})
-    sigma_max = FIXTURE_MODELS["gauss_1D"][0].sigma_max
+    sigma_max = checkpoint_models["gauss_1D"][0].sigma_max
     expected = [sigma_max * statistics.NormalDist().inv_cdf((i + 0.5) / n) for i in range(n)]
     latent = [path[0] for path in body["paths"]]
     assert latent == pytest.approx(expected, rel=1e-6, abs=1e-6)
@@ -187,13 +203,15 @@ async def test_trajectory_quantile_latent(client: httpx.AsyncClient) -> None:
 # --- /models ---------------------------------------------------------------------------------------
 
 
-async def test_models_list(client: httpx.AsyncClient, checkpoint_dir: Path) -> None:
+async def test_models_list(
+    client: httpx.AsyncClient, checkpoint_dir: Path, checkpoint_models: Models
+) -> None:
     body = await get_json(client, "/models")
     infos = [ModelInfo.model_validate(m) for m in body["models"]]
     assert [info.name for info in infos] == ["gauss_1D", "two_gmm_1D"]
     for info in infos:
         path = checkpoint_dir / f"{info.name}.safetensors"
-        noise, with_teacher = FIXTURE_MODELS[info.name]
+        noise, with_teacher = checkpoint_models[info.name]
         assert info.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
         assert info.size_bytes == path.stat().st_size
         assert info.file_name == path.name
@@ -219,7 +237,9 @@ async def test_model_by_name(client: httpx.AsyncClient) -> None:
     assert one == next(m for m in listed if m["name"] == "gauss_1D")
 
 
-@pytest.mark.parametrize("name", ["nope", "two_gmm_1D.safetensors", "TWO_GMM_1D", "..", "%2e%2e%2fetc%2fpasswd"])
+@pytest.mark.parametrize(
+    "name", ["nope", "two_gmm_1D.safetensors", "TWO_GMM_1D", "..", "%2e%2e%2fetc%2fpasswd"]
+)
 async def test_unknown_model_is_404(client: httpx.AsyncClient, name: str) -> None:
     response = await client.get(f"/models/{name}")
     assert response.status_code == 404
@@ -269,7 +289,9 @@ async def test_unknown_model_on_sample_is_404(client: httpx.AsyncClient, name: s
         ({"noise": "uniform"}, "noise"),
     ],
 )
-async def test_invalid_parameter_is_422(client: httpx.AsyncClient, params: dict[str, Any], field: str) -> None:
+async def test_invalid_parameter_is_422(
+    client: httpx.AsyncClient, params: dict[str, Any], field: str
+) -> None:
     for url in ("/sample", "/trajectory"):
         response = await client.get(url, params=params)
         assert response.status_code == 422, response.text
@@ -318,7 +340,9 @@ async def test_configured_limits(checkpoint_dir: Path) -> None:
         assert "20 × 6 = 120" in too_many.json()["detail"]
         assert "limit of 100 values" in too_many.json()["detail"]
         assert (await client.get("/sample", params={"n": 21})).status_code == 422
-        assert (await client.get("/sample", params={"sampler": "heun", "steps": 6, "n": 1})).status_code == 422
+        assert (
+            await client.get("/sample", params={"sampler": "heun", "steps": 6, "n": 1})
+        ).status_code == 422
         body = await get_json(client, "/sample")
         assert body["n"] == 20  # the default n is capped by the limit
         schema = await get_json(client, "/openapi.json")
@@ -369,7 +393,11 @@ async def test_bad_checkpoints_are_skipped(
             assert await get_json(client, "/readyz") == {"status": "ready", "models": ["two_gmm_1D"]}
             metrics = (await client.get("/metrics")).text
     rejected = [r for r in caplog.records if "checkpoint rejected" in r.getMessage()]
-    assert sorted(r.args[0] for r in rejected) == ["empty.safetensors", "garbage.safetensors", "truncated.safetensors"]
+    assert sorted(r.args[0] for r in rejected) == [
+        "empty.safetensors",
+        "garbage.safetensors",
+        "truncated.safetensors",
+    ]
     assert all("\n" not in r.getMessage() for r in rejected)
     assert "ctm_checkpoints_rejected 3.0" in metrics
     assert "ctm_models_loaded 1.0" in metrics
@@ -384,8 +412,6 @@ async def test_only_bad_checkpoints_is_not_ready(tmp_path: Path) -> None:
 
 
 async def test_checkpoint_with_nonfinite_output_is_rejected(tmp_path: Path, make_checkpoint: Any) -> None:
-    from ctm_core.config import NoiseConfig
-
     # σ_data of 1e30 keeps every weight finite but overflows float32 in the preconditioning.
     make_checkpoint(tmp_path / "huge.safetensors", noise=NoiseConfig(sigma_max=1e30, sigma_data=1e30))
     make_checkpoint(tmp_path / "fine.safetensors", noise=NoiseConfig(sigma_data=0.5))
@@ -413,8 +439,10 @@ async def test_metrics(client: httpx.AsyncClient) -> None:
         'ctm_http_requests_total{endpoint="/sample",model="",sampler="",status="422"} 1.0',
         'ctm_http_requests_total{endpoint="/sample",model="",sampler="",status="404"} 1.0',
         'ctm_http_requests_total{endpoint="/models/{name}",model="gauss_1D",sampler="",status="200"} 1.0',
-        'ctm_http_request_duration_seconds_count{endpoint="/sample",model="two_gmm_1D",sampler="onestep"} 2.0',
-        'ctm_http_request_duration_seconds_bucket{endpoint="/sample",le="+Inf",model="two_gmm_1D",sampler="onestep"}',
+        "ctm_http_request_duration_seconds_count"
+        '{endpoint="/sample",model="two_gmm_1D",sampler="onestep"} 2.0',
+        "ctm_http_request_duration_seconds_bucket"
+        '{endpoint="/sample",le="+Inf",model="two_gmm_1D",sampler="onestep"} 2.0',
         'ctm_samples_generated_total{model="two_gmm_1D",sampler="onestep"} 20.0',
         'ctm_samples_generated_total{model="gauss_1D",sampler="heun"} 5.0',
         "ctm_models_loaded 2.0",
@@ -440,9 +468,10 @@ async def test_openapi_declares_ranges_and_responses(client: httpx.AsyncClient) 
         assert params["sampler"]["enum"] == list(SAMPLERS)
         assert params["sampler"]["default"] == "onestep"
         assert params["noise"]["enum"] == ["random", "quantile"]
-        assert (params["steps"]["minimum"], params["steps"]["maximum"], params["steps"]["default"]) == (1, 1000, 1)
-        assert (params["n"]["minimum"], params["n"]["maximum"], params["n"]["default"]) == (1, 100_000, 1000)
-        assert (params["gamma"]["minimum"], params["gamma"]["maximum"], params["gamma"]["default"]) == (0, 1, 0.5)
+        ranges = {k: (v.get("minimum"), v.get("maximum"), v.get("default")) for k, v in params.items()}
+        assert ranges["steps"] == (1, 1000, 1)
+        assert ranges["n"] == (1, 100_000, 1000)
+        assert ranges["gamma"] == (0, 1, 0.5)
         seed = next(s for s in params["seed"]["anyOf"] if s.get("type") == "integer")
         assert (seed["minimum"], seed["maximum"]) == (0, MAX_SEED)
         assert params["model"]["default"] == "two_gmm_1D"
@@ -469,7 +498,10 @@ async def test_framework_errors_are_json(client: httpx.AsyncClient) -> None:
 async def test_unexpected_error_is_json_500(checkpoint_dir: Path) -> None:
     app = create_app(Settings(checkpoint_dir=checkpoint_dir))
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+    ):
 
         async def broken(job: Any) -> Any:
             raise RuntimeError("simulated fault")
@@ -488,7 +520,15 @@ def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
         cli_main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--host", "--port", "--workers", "--checkpoint-dir", "--default-model", "--device", "--log-level"):
+    for flag in (
+        "--host",
+        "--port",
+        "--workers",
+        "--checkpoint-dir",
+        "--default-model",
+        "--device",
+        "--log-level",
+    ):
         assert flag in out
 
 

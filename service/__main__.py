@@ -1,0 +1,74 @@
+"""`python -m service` / `ctm-serve`: serve the checkpoints over HTTP with uvicorn.
+
+Flags override the `CTM_*` environment variables, which override the defaults in `service.config`.
+"""
+
+import argparse
+import os
+import sys
+
+from pydantic import ValidationError
+
+from service.config import Settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = Settings.model_fields
+    parser = argparse.ArgumentParser(
+        prog="ctm-serve",
+        description="Serve CTM checkpoints (every *.safetensors in the checkpoint directory) over HTTP. "
+        "Each flag overrides its CTM_* environment variable; the request limits "
+        "(CTM_MAX_N, CTM_MAX_STEPS, CTM_MAX_TRAJECTORY_VALUES) and thread counts "
+        "(CTM_INFERENCE_THREADS, CTM_TORCH_THREADS) are set through the environment.",
+    )
+
+    def add(flag: str, field: str, text: str) -> None:
+        # No argparse types or defaults: Settings validates, and an absent flag defers to the environment.
+        default = defaults[field].default
+        parser.add_argument(flag, dest=field, help=f"{text} [CTM_{field.upper()}; default: {default}]")
+
+    add("--host", "host", "interface to bind")
+    add("--port", "port", "TCP port (0: any free port)")
+    add("--workers", "workers", "uvicorn worker processes")
+    add("--checkpoint-dir", "checkpoint_dir", "folder of *.safetensors checkpoints")
+    add("--default-model", "default_model", "model used when a request names none")
+    add("--device", "device", "cpu, cuda or auto")
+    add("--log-level", "log_level", "critical, error, warning, info or debug")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, validate the settings, run uvicorn; exit non-zero with one line on bad settings."""
+    args = build_parser().parse_args(argv)
+    overrides = {name: value for name, value in vars(args).items() if value is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"ctm-serve: invalid settings: {problems}", file=sys.stderr)
+        return 2
+
+    import uvicorn  # imported late so that --help and bad flags answer fast
+
+    from service.inference import resolve_device
+
+    try:
+        resolve_device(settings.device)
+    except RuntimeError as exc:
+        print(f"ctm-serve: {exc}", file=sys.stderr)
+        return 2
+
+    common = {"host": settings.host, "port": settings.port, "log_level": settings.log_level}
+    if settings.workers > 1:
+        # Worker processes rebuild the app from the import string and read the settings from the environment.
+        os.environ.update(settings.to_env())
+        uvicorn.run("service.app:create_app", factory=True, workers=settings.workers, **common)
+    else:
+        from service.app import create_app
+
+        uvicorn.run(create_app(settings), **common)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The HTTP layer: dependencies, response helpers and one thin router per resource."""

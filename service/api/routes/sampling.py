@@ -1,0 +1,76 @@
+"""GET /sample and GET /trajectory: validate, run the job off the loop, shape the answer."""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Response, status
+
+from service.api.deps import EngineDep, TelemetryDep, sampling_job_dependency, trajectory_job_dependency
+from service.api.responses import json_response
+from service.config import Settings
+from service.inference import InferenceEngine, SamplingJob, SamplingResult
+from service.schemas import ErrorResponse, SampleResponse, TrajectoryResponse, ValidationErrorResponse
+from service.telemetry import Telemetry
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status.HTTP_404_NOT_FOUND: {"model": ErrorResponse, "description": "Unknown model."},
+    status.HTTP_422_UNPROCESSABLE_CONTENT: {
+        "model": ValidationErrorResponse,
+        "description": "A parameter out of range, or a rule between parameters broken (message names it).",
+    },
+}
+
+
+def sample_payload(result: SamplingResult) -> dict[str, Any]:
+    """The /sample body (`SampleResponse`), with numpy arrays for orjson."""
+    job = result.job
+    return {
+        "model": job.model.name,
+        "sampler": job.sampler,
+        "steps": job.steps,
+        "nfe": result.nfe,
+        "n": job.n,
+        "seed": job.seed,
+        "noise": job.noise,
+        "samples": result.samples,
+    }
+
+
+def trajectory_payload(result: SamplingResult) -> dict[str, Any]:
+    """The /trajectory body (`TrajectoryResponse`)."""
+    return {**sample_payload(result), "sigmas": result.sigmas, "paths": result.paths}
+
+
+async def run(engine: InferenceEngine, telemetry: Telemetry, job: SamplingJob) -> SamplingResult:
+    """Run a job; ctm_core's ValueError for bad arguments becomes 422, and samples are counted."""
+    try:
+        result = await engine.sample(job)
+    except ValueError as exc:  # ctm_core refused the arguments: the request's fault, not ours
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+    telemetry.count_samples(job.model.name, job.sampler, job.n)
+    return result
+
+
+def create_router(settings: Settings) -> APIRouter:
+    """The sampling routes, with this app's request limits in their parameters."""
+    router = APIRouter(tags=["sampling"])
+    SampleJob = Annotated[SamplingJob, Depends(sampling_job_dependency(settings))]
+    TrajectoryJob = Annotated[SamplingJob, Depends(trajectory_job_dependency(settings))]
+
+    @router.get("/sample", response_model=SampleResponse, responses=ERRORS, summary="Draw samples")
+    async def sample(job: SampleJob, engine: EngineDep, telemetry: TelemetryDep) -> Response:
+        """n samples from a model; the same seed gives the same samples."""
+        result = await run(engine, telemetry, job)
+        return await json_response(sample_payload(result), values=job.n)
+
+    @router.get(
+        "/trajectory", response_model=TrajectoryResponse, responses=ERRORS, summary="Draw sampler paths"
+    )
+    async def trajectory(job: TrajectoryJob, engine: EngineDep, telemetry: TelemetryDep) -> Response:
+        """/sample plus the noise levels and each sample's state at every one of them.
+
+        Limited to n × (steps + 1) values (CTM_MAX_TRAJECTORY_VALUES).
+        """
+        result = await run(engine, telemetry, job)
+        return await json_response(trajectory_payload(result), values=job.n * (job.steps + 2))
+
+    return router

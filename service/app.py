@@ -1,0 +1,90 @@
+"""Builds the FastAPI app: `create_app(settings)` for tests and workers, `app` for `uvicorn service.app:app`.
+
+Building an app loads nothing; its lifespan loads the checkpoints, so importing this module is cheap
+and works with an empty or missing checkpoint directory.
+"""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
+
+from ctm_core import __version__
+from service.api.routes import health, metrics, models, sampling
+from service.config import Settings
+from service.inference import InferenceEngine, resolve_device, torch_threads_for
+from service.registry import ModelRegistry
+from service.telemetry import MetricsMiddleware, Telemetry, configure_logging
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """Samples from Consistency Trajectory Models (Kim et al., ICLR 2024) of 1D distributions.
+
+Each model is one checkpoint in the server's checkpoint directory, named by its file's stem.
+"""
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load every checkpoint (bad ones are logged and skipped), serve, then stop the sampling threads."""
+    settings: Settings = app.state.settings
+    registry: ModelRegistry = app.state.registry
+    telemetry: Telemetry = app.state.telemetry
+    device = resolve_device(settings.device)
+    engine = InferenceEngine(device, settings.inference_threads, torch_threads_for(settings))
+    app.state.engine = engine
+    await anyio.to_thread.run_sync(registry.load_directory, settings.checkpoint_dir, device)
+    telemetry.models_loaded.set(len(registry))
+    telemetry.checkpoints_rejected.set(len(registry.rejected))
+    logger.info(
+        "service started dir=%s device=%s models=%s rejected=%d ready=%s torch_threads=%d jobs=%d",
+        settings.checkpoint_dir,
+        device,
+        ",".join(registry.names) or "-",
+        len(registry.rejected),
+        len(registry) > 0,
+        engine.torch_threads,
+        settings.inference_threads,
+    )
+    try:
+        yield
+    finally:
+        engine.shutdown()
+        logger.info("service stopped")
+
+
+async def unhandled_error(request: Request, exc: Exception) -> JSONResponse:
+    """Anything unexpected still answers JSON with a `detail`; the traceback goes to the log."""
+    logger.exception("unhandled error path=%s", request.url.path, exc_info=exc)
+    return JSONResponse(
+        {"detail": "internal server error; see the server log"},
+        status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new app with its own registry, metrics and settings (default: from the environment)."""
+    settings = settings or Settings()
+    configure_logging(settings.log_level)
+    app = FastAPI(
+        title="ctm-serve",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        exception_handlers={Exception: unhandled_error},
+    )
+    app.state.settings = settings
+    app.state.registry = ModelRegistry()
+    app.state.telemetry = Telemetry()
+    app.add_middleware(MetricsMiddleware, telemetry=app.state.telemetry)
+    app.include_router(sampling.create_router(settings))
+    app.include_router(models.router)
+    app.include_router(health.router)
+    app.include_router(metrics.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,100 @@
+"""Response shapes of the HTTP API (pydantic models): what the OpenAPI document declares."""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from ctm_core.samplers import NoiseMode, SamplerName
+
+
+class ErrorResponse(BaseModel):
+    """Any error the service raises itself (404, 422 from cross-parameter rules, 503)."""
+
+    detail: str = Field(description="What went wrong and what to do about it.")
+
+
+class ValidationErrorItem(BaseModel):
+    """One entry of FastAPI's list of validation errors."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+    input: Any = None
+    ctx: dict[str, Any] | None = None
+
+
+class ValidationErrorResponse(BaseModel):
+    """422: FastAPI's list of per-parameter errors, or one message for a rule between parameters."""
+
+    detail: list[ValidationErrorItem] | str
+
+
+class SampleResponse(BaseModel):
+    """Samples from one model with one sampler; the seed reproduces them."""
+
+    model: str
+    sampler: SamplerName
+    steps: int = Field(ge=1)
+    nfe: int = Field(ge=1, description="Network evaluations per sample.")
+    n: int = Field(ge=1)
+    seed: int = Field(ge=0, description="The seed given, or the one drawn; pass it back to reproduce.")
+    noise: NoiseMode
+    samples: list[float] = Field(description="n samples.")
+
+
+class TrajectoryResponse(SampleResponse):
+    """Samples plus every intermediate state of the sampler."""
+
+    sigmas: list[float] = Field(description="steps + 1 noise levels, from σ_max down to σ_min.")
+    paths: list[list[float]] = Field(
+        description="n lists of steps + 1 states, one per sigma; the last equals the sample."
+    )
+
+
+class NoiseInfo(BaseModel):
+    """The diffusion's time range and schedule the model was trained with."""
+
+    sigma_min: float
+    sigma_max: float
+    sigma_data: float
+    rho: float
+    schedule: str
+
+
+class ModelInfo(BaseModel):
+    """A loaded model: what it generates, how it was built and trained, and which file it came from."""
+
+    name: str = Field(description="The checkpoint file's stem.")
+    description: str = Field(description="The task or data the model generates.")
+    task: dict[str, Any]
+    architecture: dict[str, Any]
+    noise: NoiseInfo
+    training: dict[str, Any]
+    metrics: dict[str, Any] = Field(description="Quality metrics recorded in the checkpoint.")
+    samplers: list[SamplerName]
+    has_teacher: bool
+    file_name: str
+    size_bytes: int
+    sha256: str
+    created_at: str | None
+    format_version: int
+    package_version: str | None
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready"] = "ready"
+    models: list[str]
+
+
+class NotReadyResponse(BaseModel):
+    status: Literal["not ready"] = "not ready"
+    models: list[str]
+    detail: str

@@ -1,0 +1,80 @@
+"""Shared fixtures: tiny, untrained but valid checkpoints written with ctm_core's own saver.
+
+`checkpoint_dir` is a fresh folder per test holding two models with different noise ranges;
+`make_checkpoint` writes more (e.g. to corrupt or to vary the metadata).
+"""
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from ctm_core.checkpoint import build_model, checkpoint_metadata, save_checkpoint
+from ctm_core.config import NetworkConfig, NoiseConfig
+
+TINY_NETWORK = NetworkConfig(width=16, depth=2)
+# name → (noise range, has a teacher). Different ranges so tests can tell the models apart.
+FIXTURE_MODELS: dict[str, tuple[NoiseConfig, bool]] = {
+    "two_gmm_1D": (NoiseConfig(sigma_min=0.002, sigma_max=10.0, sigma_data=0.5), False),
+    "gauss_1D": (NoiseConfig(sigma_min=0.01, sigma_max=5.0, sigma_data=1.0, rho=5.0), True),
+}
+
+MakeCheckpoint = Callable[..., Path]
+
+
+def write_checkpoint(
+    path: Path,
+    *,
+    noise: NoiseConfig,
+    with_teacher: bool = False,
+    seed: int = 0,
+    network: NetworkConfig = TINY_NETWORK,
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Save an untrained model with seeded weights at `path` (task name: the file's stem)."""
+    assert noise.sigma_data is not None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        student = build_model(network, noise.sigma_data)
+        teacher = build_model(network, noise.sigma_data) if with_teacher else None
+    metadata = checkpoint_metadata(
+        network=network,
+        noise=noise,
+        task={"name": path.stem, "description": f"test model {path.stem}"},
+        training={"mode": "distill", "steps": 0, "seed": seed},
+        metrics=metrics if metrics is not None else {"qW1_onestep": 1.25},
+        created_at="2024-01-01T00:00:00+00:00",
+    )
+    save_checkpoint(path, student=student, teacher=teacher, metadata=metadata)
+    return path
+
+
+@pytest.fixture(scope="session")
+def _fixture_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("fixture_checkpoints")
+    for seed, (name, (noise, with_teacher)) in enumerate(FIXTURE_MODELS.items()):
+        write_checkpoint(folder / f"{name}.safetensors", noise=noise, with_teacher=with_teacher, seed=seed)
+    return folder
+
+
+@pytest.fixture
+def checkpoint_dir(_fixture_checkpoints: Path, tmp_path: Path) -> Path:
+    """A fresh folder with `two_gmm_1D.safetensors` and `gauss_1D.safetensors` (see FIXTURE_MODELS)."""
+    folder = tmp_path / "checkpoints"
+    shutil.copytree(_fixture_checkpoints, folder)
+    return folder
+
+
+@pytest.fixture
+def checkpoint_models() -> dict[str, tuple[NoiseConfig, bool]]:
+    """What `checkpoint_dir` holds: model name → (noise range, has a teacher)."""
+    return FIXTURE_MODELS
+
+
+@pytest.fixture
+def make_checkpoint() -> MakeCheckpoint:
+    """`make_checkpoint(path, noise=NoiseConfig(...), with_teacher=False, seed=0, ...)` writes one file."""
+    return write_checkpoint

@@ -1,0 +1,122 @@
+"""The real server: `python -m service` as a subprocess on a free port, talked to over TCP."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from service.inference import SamplingJob, run_job
+from service.registry import load_model
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+START_TIMEOUT_S = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path: Path, checkpoint_dir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+    """(base URL, process, log file) of a server on one good and one corrupted checkpoint."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    good = (checkpoint_dir / "two_gmm_1D.safetensors").read_bytes()
+    (folder / "two_gmm_1D.safetensors").write_bytes(good)
+    corrupted = bytearray(good)
+    corrupted[8:40] = b"#" * 32  # clobber the start of the JSON header
+    (folder / "corrupted.safetensors").write_bytes(bytes(corrupted))
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CTM_")}
+    log_path = tmp_path / "server.log"
+    command = [sys.executable, "-m", "service", "--port", str(port), "--checkpoint-dir", str(folder)]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()}")
+            try:
+                if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server did not start in {START_TIMEOUT_S} s:\n{log_path.read_text()}")
+            time.sleep(0.1)
+        yield base_url, process, log_path
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_real_server(server: tuple[str, subprocess.Popen[bytes], Path], checkpoint_dir: Path) -> None:
+    base_url, process, log_path = server
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        ready = client.get("/readyz")
+        assert (ready.status_code, ready.json()) == (200, {"status": "ready", "models": ["two_gmm_1D"]})
+        assert [m["name"] for m in client.get("/models").json()["models"]] == ["two_gmm_1D"]
+        assert client.get("/models/corrupted").status_code == 404
+
+        # Same seed, another process: the same samples as sampling here, in this test's process.
+        params = {"sampler": "gamma", "steps": 3, "n": 257, "seed": 2024}
+        body = client.get("/sample", params=params).json()
+        model = load_model(checkpoint_dir / "two_gmm_1D.safetensors", torch.device("cpu"))
+        job = SamplingJob(model=model, sampler="gamma", steps=3, n=257, seed=2024, noise="random", gamma=0.5)
+        expected = run_job(job, torch.device("cpu")).samples
+        np.testing.assert_array_equal(np.asarray(body["samples"], dtype=np.float32), expected)
+
+        bad = client.get("/sample", params={"sampler": "bogus"})
+        assert bad.status_code == 422
+        assert bad.json()["detail"][0]["loc"] == ["query", "sampler"]
+        assert "ctm_models_loaded 1.0" in client.get("/metrics").text
+
+        # /healthz answers promptly while a large request is sampling.
+        big: dict[str, object] = {}
+
+        def sample_big() -> None:
+            start = time.perf_counter()
+            params = {"sampler": "multistep", "steps": 40, "n": 100_000}
+            big["response"] = httpx.get(f"{base_url}/sample", params=params, timeout=60)
+            big["seconds"] = time.perf_counter() - start
+
+        worker = threading.Thread(target=sample_big)
+        worker.start()
+        time.sleep(0.2)
+        health_latencies = []
+        while worker.is_alive():
+            start = time.perf_counter()
+            assert client.get("/healthz").status_code == 200
+            health_latencies.append(time.perf_counter() - start)
+            time.sleep(0.05)
+        worker.join()
+        response = big["response"]
+        assert isinstance(response, httpx.Response)
+        assert response.status_code == 200
+        assert len(response.json()["samples"]) == 100_000
+        assert len(health_latencies) >= 3, f"sampling took only {big['seconds']:.2f} s"
+        assert max(health_latencies) < 0.5, health_latencies
+
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=15) == 0
+    log = log_path.read_text()
+    rejected = [line for line in log.splitlines() if "checkpoint rejected" in line]
+    assert len(rejected) == 1
+    assert "file=corrupted.safetensors" in rejected[0]
+    assert "service started" in log
