@@ -54,9 +54,11 @@ class CTMConfig(_Strict):
     lambda_dsm: float = Field(0.1, ge=0)
     target_ema: float = Field(0.0, ge=0, lt=1)
     eval_ema: float = Field(0.99, ge=0, lt=1)
-    grid_points: int = Field(64, ge=3, le=4096)
+    grid_points: int = Field(40, ge=3, le=4096)
     end_probability: float = Field(0.5, ge=0, le=1)
-    pool_size: int = Field(32768, ge=16)
+    start_probability: float = Field(0.0, ge=0, le=1)
+    direct_probability: float = Field(0.0, ge=0, le=1)
+    pool_size: int = Field(8192, ge=16)
     scratch_max_jump: int = Field(1, ge=1)
 
 

@@ -46,19 +46,27 @@ def cosine_lr(base: float, step: int, total: int, warmup: int = 100, floor: floa
 
 
 def draw_ctm_indices(
-    batch: int, n_grid: int, end_probability: float, generator: torch.Generator
+    batch: int,
+    n_grid: int,
+    end_probability: float,
+    generator: torch.Generator,
+    start_probability: float = 0.0,
+    direct_probability: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Grid indices n < m ≤ k for (t, u, s) = (t_n, t_m, t_k) on a grid of n_grid points.
 
     n is uniform over all but the last point; u is uniform anywhere in (t, σ_min], so some targets
     come straight from the solver; s is σ_min with probability `end_probability`, else uniform in
-    [u, σ_min].
+    [u, σ_min]. With `start_probability` t is σ_max (where one-step sampling starts), and with
+    `direct_probability` u = s, so the target is the solver's own solution at s.
     """
     n = torch.randint(0, n_grid - 1, (batch,), generator=generator)
+    n = torch.where(torch.rand(batch, generator=generator) < start_probability, 0, n)
     m = n + 1 + (torch.rand(batch, generator=generator) * (n_grid - 1 - n)).long()
     k = m + (torch.rand(batch, generator=generator) * (n_grid - m)).long()
     at_end = torch.rand(batch, generator=generator) < end_probability
     k = torch.where(at_end, torch.full_like(k, n_grid - 1), k)
+    m = torch.where(torch.rand(batch, generator=generator) < direct_probability, k, m)
     return n, m, k
 
 
@@ -105,6 +113,8 @@ class Trainer:
             self._loop("teacher", self.config.teacher.steps, self._teacher_step, hook)
             self._start_ctm()
         if self.state.phase == "ctm":
+            if self.config.mode == "distill":
+                self.teacher_pool()  # before the progress bar: it is a one-off cost
             self._loop("ctm", self.config.ctm.steps, self._ctm_step, hook)
             self.state.phase = "done"
         return self.state
@@ -156,7 +166,14 @@ class Trainer:
     def _ctm_step(self, step: int) -> float:
         cfg = self.config.ctm
         batch = cfg.batch_size
-        n, m, k = draw_ctm_indices(batch, len(self.grid), cfg.end_probability, self.generator)
+        n, m, k = draw_ctm_indices(
+            batch,
+            len(self.grid),
+            cfg.end_probability,
+            self.generator,
+            cfg.start_probability,
+            cfg.direct_probability,
+        )
         if self.config.mode == "distill":
             pool = self.teacher_pool()
             rows = torch.randint(0, pool.shape[1], (batch,), generator=self.generator)
