@@ -1,0 +1,168 @@
+"""ctm_core.evaluation: the rows of the table, their NFE, and qW1 against known answers."""
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+from scipy import special
+
+from ctm_core.checkpoint import build_model
+from ctm_core.config import NetworkConfig, NoiseConfig
+from ctm_core.evaluation import DEFAULT_SPECS, EvalSpec, evaluate, format_table
+from ctm_core.parametrization import CTMParametrization
+from ctm_core.tasks import TASKS, Task, get_task
+
+TASK = get_task("two_gmm_1D")
+NOISE = NoiseConfig(sigma_data=TASK.std)
+LABELS = [
+    "student onestep",
+    "student multistep 2",
+    "student multistep 4",
+    "student gamma(γ=0.5) 4",
+    "student heun 18",
+    "teacher heun 18",
+    "exact heun 18",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _tiny(seed: int) -> CTMParametrization:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(NetworkConfig(width=16, depth=2), TASK.std).eval().requires_grad_(False)
+
+
+class _QuantileMap:
+    """A 'perfect' one-step model: G(x, σ_max, ·) = F⁻¹(Φ(x/σ_max)) + shift, the task's exact transport."""
+
+    def __init__(self, task: Task, sigma_max: float, shift: float = 0.0) -> None:
+        self.task, self.sigma_max, self.shift = task, sigma_max, shift
+
+    def jump(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        assert torch.all(t == self.sigma_max), "one step starts at σ_max"
+        p = special.ndtr(x.double().numpy() / self.sigma_max)
+        return torch.from_numpy(self.task.quantile(p) + self.shift).to(x.dtype)
+
+
+@pytest.fixture(scope="module")
+def untrained_rows() -> list[dict]:
+    torch.set_num_threads(1)
+    return evaluate(_tiny(0), _tiny(1), NOISE, TASK, n=500)
+
+
+def test_rows_labels_and_nfe(untrained_rows: list[dict]) -> None:
+    assert [r["label"] for r in untrained_rows] == LABELS
+    assert [spec.label for spec in DEFAULT_SPECS] == LABELS
+    assert [r["nfe"] for r in untrained_rows] == [1, 2, 4, 4, 35, 35, 35]
+    assert [(r["network"], r["sampler"], r["steps"]) for r in untrained_rows][3] == ("student", "gamma", 4)
+    assert untrained_rows[3]["gamma"] == 0.5
+    for row in untrained_rows:
+        for key in ("qW1", "W1", "KS", "NLL"):
+            assert np.isfinite(row[key]), (row["label"], key)
+        assert 0 <= row["KS"] <= 1 and row["qW1"] >= 0 and row["W1"] >= 0
+        assert "W1_holdout" not in row
+        weights = [m["true_weight"] for m in row["modes"]]
+        assert weights == pytest.approx([0.5, 0.5])
+
+
+def test_untrained_model_is_far_and_the_exact_ode_is_close(untrained_rows: list[dict]) -> None:
+    by_label = {r["label"]: r for r in untrained_rows}
+    # An untrained student collapses the two modes: far from the target.
+    assert by_label["student onestep"]["qW1"] > 0.5
+    assert by_label["exact heun 18"]["qW1"] < 0.02
+    assert by_label["exact heun 18"]["KS"] < by_label["student onestep"]["KS"]
+
+
+def test_evaluation_is_reproducible(untrained_rows: list[dict]) -> None:
+    again = evaluate(_tiny(0), _tiny(1), NOISE, TASK, specs=DEFAULT_SPECS[:4], n=500)
+    assert again == untrained_rows[:4]
+    other_seed = evaluate(_tiny(0), None, NOISE, TASK, specs=DEFAULT_SPECS[3:4], n=500, seed=1)
+    # γ-sampling draws fresh noise from the seed, so its quantile row changes with it.
+    assert other_seed[0]["qW1"] != untrained_rows[3]["qW1"]
+
+
+def test_missing_networks_drop_their_rows() -> None:
+    rows = evaluate(_tiny(0), None, NOISE, TASK, specs=DEFAULT_SPECS[4:], n=200, exact=False)
+    assert [r["label"] for r in rows] == ["student heun 18"]
+    # The exact denoiser has no jump G: its one-step/multistep/γ rows are skipped, not faked.
+    jump_specs = (
+        EvalSpec("exact", "onestep", 1),
+        EvalSpec("exact", "multistep", 2),
+        EvalSpec("exact", "gamma", 4),
+    )
+    assert evaluate(_tiny(0), None, NOISE, TASK, specs=jump_specs, n=200) == []
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_exact_rows_for_every_builtin_task(name: str) -> None:
+    task = TASKS[name]
+    rows = evaluate(_tiny(0), None, NoiseConfig(sigma_data=task.std), task, specs=DEFAULT_SPECS[-1:], n=500)
+    assert [r["label"] for r in rows] == ["exact heun 18"]
+    row = rows[0]
+    assert row["nfe"] == 35
+    # uneven_two_gmm_1D is the worst (≈ 0.07): x_T = σ_max·z ignores its mean of −0.6 at σ_max = 10.
+    assert row["qW1"] < 0.1, row
+    assert row["KS"] < 0.1, row
+    if task.modes is not None:
+        for mode in row["modes"]:
+            assert mode["model_weight"] == pytest.approx(mode["true_weight"], abs=0.08)
+
+
+def test_exact_heun_on_two_gmm_at_5000() -> None:
+    rows = evaluate(_tiny(0), None, NOISE, TASK, specs=(EvalSpec("exact", "heun", 18),), n=5000)
+    assert rows[0]["qW1"] < 0.02
+    assert rows[0]["W1"] < 0.05
+
+
+def test_qw1_of_the_exact_transport_is_zero_and_sees_a_shift() -> None:
+    spec = (EvalSpec("student", "onestep", 1),)
+    perfect = evaluate(_QuantileMap(TASK, NOISE.sigma_max), None, NOISE, TASK, specs=spec, n=4000)[0]
+    assert perfect["qW1"] < 1e-5  # the quantile latents map exactly onto F⁻¹((i + ½)/n)
+    assert perfect["W1"] < 0.05 and perfect["KS"] < 0.05  # random latents: only sampling error
+    shifted = evaluate(_QuantileMap(TASK, NOISE.sigma_max, 0.3), None, NOISE, TASK, specs=spec, n=4000)[0]
+    assert shifted["qW1"] == pytest.approx(0.3, abs=1e-5)
+    assert shifted["W1"] == pytest.approx(0.3, abs=0.05)
+
+
+def test_holdout_column() -> None:
+    holdout = TASK.sample(2000, torch.Generator().manual_seed(0)).double().numpy()
+    spec = (EvalSpec("student", "onestep", 1),)
+    near = evaluate(
+        _QuantileMap(TASK, NOISE.sigma_max), None, NOISE, TASK, specs=spec, n=2000, holdout=holdout
+    )
+    far = evaluate(
+        _QuantileMap(TASK, NOISE.sigma_max, 1.0), None, NOISE, TASK, specs=spec, n=2000, holdout=holdout
+    )
+    assert near[0]["W1_holdout"] < 0.08
+    assert far[0]["W1_holdout"] == pytest.approx(1.0, abs=0.08)
+    empty = evaluate(
+        _QuantileMap(TASK, NOISE.sigma_max), None, NOISE, TASK, specs=spec, n=200, holdout=holdout[:0]
+    )
+    assert "W1_holdout" not in empty[0]
+
+
+def test_format_table(untrained_rows: list[dict]) -> None:
+    table = format_table(untrained_rows)
+    lines = table.splitlines()
+    assert len(lines) == 2 + len(untrained_rows)
+    assert lines[0].split() == ["sampler", "NFE", "qW1", "W1", "KS", "NLL"]
+    assert set(lines[1]) == {"-"}
+    for line, row in zip(lines[2:], untrained_rows, strict=True):
+        assert line.startswith(row["label"])
+        assert f"{row['qW1']:.4f}" in line and f" {row['nfe']} " in line
+    assert all(label in table for label in LABELS)
+    assert "W1 hold" not in table
+
+    with_holdout = [dict(untrained_rows[0], W1_holdout=0.125), untrained_rows[1]]
+    table = format_table(with_holdout)
+    assert "W1 hold" in table.splitlines()[0]
+    assert table.splitlines()[2].endswith("0.1250")
+    assert table.splitlines()[3].endswith("nan")  # a row without the column stays aligned

@@ -1,0 +1,278 @@
+"""ctm_core.trainer: index draws, the LR schedule, a real (tiny) run, and exact resumption."""
+
+import itertools
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ctm_core.checkpoint import checkpoint_metadata, load_checkpoint, save_checkpoint
+from ctm_core.config import CTMConfig, NetworkConfig, NoiseConfig, TeacherConfig, TrainConfig
+from ctm_core.tasks import get_task
+from ctm_core.trainer import Trainer, cosine_lr, draw_ctm_indices
+
+TASK = get_task("two_gmm_1D")
+TINY = NetworkConfig(width=16, depth=2)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One torch thread: far faster for a 16-wide MLP on a busy machine (as the CLI's default)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ---- draw_ctm_indices --------------------------------------------------------------------------
+
+
+def _exact_probabilities(n_grid: int, end_p: float, start_p: float, direct_p: float) -> dict[str, float]:
+    """P(k = N−1), P(n = 0), P(m = k) by enumerating the documented distribution."""
+    last = n_grid - 1
+    p_n = np.full(last, (1 - start_p) / last)
+    p_n[0] += start_p
+    p_k_last = p_m_last = p_m_eq_k = 0.0
+    for n in range(last):
+        for m in range(n + 1, n_grid):  # m uniform in (n, N−1]
+            pm = p_n[n] / (last - n)
+            uniform_k_last = 1 / (n_grid - m)  # k uniform in [m, N−1]
+            k_last = end_p + (1 - end_p) * uniform_k_last
+            p_k_last += pm * k_last
+            p_m_last += pm * (m == last)
+            # Without the direct draw, m = k when k = m in the uniform draw, or m = N−1 = k.
+            natural = (1 - end_p) * uniform_k_last + end_p * (m == last)
+            p_m_eq_k += pm * (direct_p + (1 - direct_p) * natural)
+    return {"k_last": p_k_last, "n_first": p_n[0], "m_eq_k": p_m_eq_k}
+
+
+@pytest.mark.parametrize(
+    ("n_grid", "end_p", "start_p", "direct_p"),
+    [(40, 0.5, 0.0, 0.0), (18, 0.0, 0.0, 0.0), (10, 0.25, 0.3, 0.4), (3, 0.5, 0.5, 0.5), (40, 1.0, 1.0, 1.0)],
+)
+def test_ctm_indices_are_ordered_and_follow_the_probabilities(
+    n_grid: int, end_p: float, start_p: float, direct_p: float
+) -> None:
+    batch = 100_000
+    gen = torch.Generator().manual_seed(0)
+    n, m, k = draw_ctm_indices(batch, n_grid, end_p, gen, start_p, direct_p)
+    assert n.shape == m.shape == k.shape == (batch,)
+    assert n.dtype == m.dtype == k.dtype == torch.int64
+    assert bool((n >= 0).all() and (n < m).all() and (m <= k).all() and (k <= n_grid - 1).all())
+    # Every allowed value is reached (up to the forced ones).
+    if start_p < 1:
+        assert set(n.unique().tolist()) == set(range(n_grid - 1))
+    if direct_p < 1:
+        assert set(m.unique().tolist()) == set(range(1, n_grid))
+
+    expected = _exact_probabilities(n_grid, end_p, start_p, direct_p)
+    observed = {
+        "k_last": (k == n_grid - 1).double().mean().item(),
+        "n_first": (n == 0).double().mean().item(),
+        "m_eq_k": (m == k).double().mean().item(),
+    }
+    for key, p in expected.items():
+        tolerance = 5 * math.sqrt(max(p * (1 - p), 0.0) / batch) + 1e-9
+        assert observed[key] == pytest.approx(p, abs=tolerance), key
+
+
+def test_end_probability_share_beyond_the_natural_one() -> None:
+    gen = torch.Generator().manual_seed(3)
+    natural = (draw_ctm_indices(50_000, 40, 0.0, gen)[2] == 39).double().mean().item()
+    with_end = (draw_ctm_indices(50_000, 40, 0.5, gen)[2] == 39).double().mean().item()
+    exact_natural = _exact_probabilities(40, 0.0, 0.0, 0.0)["k_last"]
+    assert natural == pytest.approx(exact_natural, abs=0.01)  # ≈ 0.25 = E[1/(N − m)]
+    assert with_end == pytest.approx(0.5 + 0.5 * exact_natural, abs=0.01)
+
+
+def test_ctm_indices_are_reproducible_from_the_generator() -> None:
+    a = draw_ctm_indices(64, 20, 0.5, torch.Generator().manual_seed(7), 0.2, 0.1)
+    b = draw_ctm_indices(64, 20, 0.5, torch.Generator().manual_seed(7), 0.2, 0.1)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+# ---- cosine_lr ---------------------------------------------------------------------------------
+
+
+def test_cosine_lr_endpoints() -> None:
+    base, total, warmup, floor = 2e-3, 1000, 100, 0.02
+    lrs = [cosine_lr(base, step, total, warmup, floor) for step in range(total + 1)]
+    assert lrs[0] == pytest.approx(base / warmup)
+    assert lrs[49] == pytest.approx(base * 0.5)
+    assert lrs[warmup - 1] == pytest.approx(base)
+    assert lrs[warmup] == pytest.approx(base)
+    assert lrs[(warmup + total) // 2] == pytest.approx(base * (floor + (1 - floor) / 2))
+    assert lrs[total] == pytest.approx(base * floor)
+    assert cosine_lr(base, 5 * total, total, warmup, floor) == pytest.approx(base * floor)
+    assert all(a < b for a, b in itertools.pairwise(lrs[:warmup]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[warmup:]))
+    assert cosine_lr(1.0, 0, 10, warmup=0) == pytest.approx(1.0)
+
+
+# ---- a real, seconds-long run ------------------------------------------------------------------
+
+
+def _config(**overrides) -> TrainConfig:
+    # σ_d = 0.5 (EDM's value) rather than the task's std ≈ 1.53: with the std, c_skip·x is already
+    # the best linear denoiser (loss ≈ 1) and a 16-wide MLP sits on that plateau for ~1000 steps;
+    # with 0.5 the loss must fall visibly as the network learns the data's scale.
+    base = {
+        "seed": 0,
+        "network": TINY,
+        "noise": NoiseConfig(sigma_data=0.5),
+        "teacher": TeacherConfig(steps=150, batch_size=256, lr=1e-2),
+        "ctm": CTMConfig(steps=100, batch_size=256, pool_size=512, grid_points=18),
+    }
+    return TrainConfig.model_validate(base | overrides)
+
+
+def _trainer(config: TrainConfig) -> Trainer:
+    return Trainer(config, TASK.sample, config.noise.sigma_data, torch.device("cpu"), progress=False)
+
+
+def test_real_training_run() -> None:
+    config = _config()
+    trainer = _trainer(config)
+    calls: list[tuple[str, int]] = []
+    state = trainer.run(hook=lambda t, phase, step: calls.append((phase, step)))
+
+    assert state.phase == "done"
+    assert calls == [("teacher", i) for i in range(1, 151)] + [("ctm", i) for i in range(1, 101)]
+    teacher, ctm = np.array(state.losses["teacher"]), np.array(state.losses["ctm"])
+    assert teacher.shape == (150,) and ctm.shape == (100,)
+    assert np.isfinite(teacher).all() and np.isfinite(ctm).all() and (ctm > 0).all()
+    assert teacher[-30:].mean() < 0.7 * teacher[:30].mean(), (teacher[:30].mean(), teacher[-30:].mean())
+    assert state.wall_seconds > 0
+    # The teacher pool holds Heun trajectories from σ_max·z on the training grid.
+    pool = trainer.teacher_pool()
+    assert pool.shape == (18, 512)
+    assert torch.isfinite(pool).all()
+    assert pool[0].std().item() == pytest.approx(10.0, rel=0.1)
+    assert pool[-1].abs().max().item() < pool[0].abs().max().item()
+
+
+def test_student_starts_from_the_teachers_evaluation_weights() -> None:
+    config = _config(
+        teacher=TeacherConfig(steps=20, batch_size=64, lr=1e-2),
+        ctm=CTMConfig(steps=0, batch_size=64, pool_size=64),
+    )
+    trainer = _trainer(config)
+    initial = {k: v.clone() for k, v in trainer.online.state_dict().items()}
+    trainer.run()
+    teacher = trainer.teacher_eval.state_dict()
+    for model in (trainer.online, trainer.student_eval, trainer.target):
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, teacher[key]), key
+    # The teacher phase moved the teacher's EMA away from the initial weights.
+    assert not torch.equal(teacher["net.mlp.0.weight"], initial["net.mlp.0.weight"])
+
+
+def test_scratch_mode_trains_the_student_alone() -> None:
+    config = _config(mode="scratch", ctm=CTMConfig(steps=30, batch_size=64, scratch_max_jump=3))
+    trainer = _trainer(config)
+    state = trainer.run()
+    assert state.phase == "done"
+    assert state.losses["teacher"] == [] and len(state.losses["ctm"]) == 30
+    assert np.isfinite(state.losses["ctm"]).all()
+    assert trainer._pool is None  # no teacher trajectories in scratch mode
+
+
+# ---- resumable state ---------------------------------------------------------------------------
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_at(phase: str, step: int):
+    def hook(trainer: Trainer, p: str, s: int) -> None:
+        if (p, s) == (phase, step):
+            raise _Stop
+
+    return hook
+
+
+def _snapshot(trainer: Trainer) -> dict[str, torch.Tensor]:
+    # state_tensors() shares storage with the live weights and Adam moments: copy before training on.
+    return {k: v.clone() for k, v in trainer.state_tensors().items()}
+
+
+def _assert_same_run(a: Trainer, b: Trainer) -> None:
+    for name in ("online", "target", "teacher_eval", "student_eval"):
+        sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
+        for key in sa:
+            assert torch.equal(sa[key], sb[key]), f"{name}.{key}"
+    oa, ob = a.optimizer.state_dict(), b.optimizer.state_dict()
+    assert oa["state"].keys() == ob["state"].keys() and len(oa["state"]) == 6
+    for index, slots in oa["state"].items():
+        for key, value in slots.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(ob["state"][index][key])), (index, key)
+    assert [g["lr"] for g in oa["param_groups"]] == [g["lr"] for g in ob["param_groups"]]
+    assert torch.equal(a.generator.get_state(), b.generator.get_state())
+    assert (a.state.phase, a.state.step) == (b.state.phase, b.state.step)
+
+
+@pytest.mark.parametrize(("phase", "step"), [("teacher", 15), ("ctm", 15)])
+@pytest.mark.parametrize("via_file", [False, True])
+def test_restore_continues_exactly(phase: str, step: int, via_file: bool, tmp_path: Path) -> None:
+    config = _config(
+        teacher=TeacherConfig(steps=40, batch_size=64, lr=1e-2),
+        ctm=CTMConfig(steps=40, batch_size=64, pool_size=128, grid_points=12, target_ema=0.5),
+    )
+    original = _trainer(config)
+    with pytest.raises(_Stop):
+        original.run(hook=_stop_at(phase, step))
+    tensors, meta = _snapshot(original), original.state_metadata()
+    assert meta == {"phase": phase, "step": step}
+    student = original.student_eval
+    if via_file:  # the path the CLI takes: safetensors on disk
+        path = tmp_path / "state.safetensors"
+        metadata = checkpoint_metadata(
+            network=config.network, noise=config.noise, task={"name": "t", "description": "d"}
+        )
+        save_checkpoint(
+            path, student=student, teacher=original.teacher_eval, metadata=metadata, state=tensors
+        )
+        ckpt = load_checkpoint(path)
+        tensors, student = ckpt.state, ckpt.student
+
+    # A second trainer with different live state: restore must overwrite all of it.
+    resumed = _trainer(config)
+    torch.randn(1000, generator=resumed.generator)
+    with torch.no_grad():
+        for p in resumed.online.parameters():
+            p.add_(1.0)
+    resumed.restore(tensors, meta, student)
+
+    original_losses = len(original.state.losses[phase])
+    with pytest.raises(_Stop):
+        original.run(hook=_stop_at(phase, step + 10))
+    with pytest.raises(_Stop):
+        resumed.run(hook=_stop_at(phase, step + 10))
+    _assert_same_run(original, resumed)
+    assert resumed.state.losses[phase] == original.state.losses[phase][original_losses:]
+    assert len(resumed.state.losses[phase]) == 10
+
+    # ... and to the end of the run.
+    original.run()
+    resumed.run()
+    _assert_same_run(original, resumed)
+    assert resumed.state.phase == "done"
+
+
+def test_state_tensors_cover_what_resuming_needs() -> None:
+    trainer = _trainer(_config(teacher=TeacherConfig(steps=10, batch_size=16)))
+    with pytest.raises(_Stop):
+        trainer.run(hook=_stop_at("teacher", 3))
+    tensors = trainer.state_tensors()
+    prefixes = {k.split(".", 1)[0] for k in tensors}
+    assert prefixes == {"online", "target", "teacher_eval", "optim", "rng"}
+    n_weights = len(trainer.online.state_dict())
+    assert sum(k.startswith("online.") for k in tensors) == n_weights
+    assert all(v.device.type == "cpu" for v in tensors.values())
+    assert tensors["rng"].dtype == torch.uint8
+    assert sum(k.startswith("optim.") for k in tensors) == 3 * n_weights  # step, exp_avg, exp_avg_sq
+    assert torch.equal(tensors["optim.0.step"], torch.tensor(3.0))
