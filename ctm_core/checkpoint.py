@@ -51,9 +51,9 @@ class Checkpoint:
     state: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def build_model(network: NetworkConfig, sigma_data: float) -> CTMParametrization:
+def build_model(network: NetworkConfig, sigma_data: float, data_mean: float = 0.0) -> CTMParametrization:
     """A fresh CTM model: the raw MLP inside the EDM/CTM parametrisation."""
-    return CTMParametrization(CTMNetwork(network), sigma_data)
+    return CTMParametrization(CTMNetwork(network), sigma_data, data_mean)
 
 
 def checkpoint_metadata(
@@ -137,17 +137,19 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         noise = NoiseConfig.model_validate(metadata["noise"])
         sigma_data = float(metadata["architecture"]["sigma_data"])
     except (KeyError, TypeError, ValueError, ValidationError) as exc:
-        raise CheckpointError(f"{path}: metadata lacks a valid architecture or noise range ({exc})") from None
+        raise CheckpointError(
+            f"{path}: metadata lacks a valid architecture or noise range ({_first_line(exc)})"
+        ) from None
     if noise.sigma_data is None or abs(noise.sigma_data - sigma_data) > 1e-12:
         raise CheckpointError(f"{path}: sigma_data disagrees between architecture and noise range")
 
     unknown = [k for k in tensors if not k.startswith(_ALLOWED_PREFIXES)]
     if unknown:
         raise CheckpointError(f"{path}: unexpected tensors {unknown[:3]}")
-    student = _restore(path, "student.", tensors, network, sigma_data, device)
+    student = _restore(path, "student.", tensors, network, noise, device)
     teacher = None
     if metadata.get("has_teacher"):
-        teacher = _restore(path, "teacher.", tensors, network, sigma_data, device)
+        teacher = _restore(path, "teacher.", tensors, network, noise, device)
     state = {k.removeprefix("state."): v for k, v in tensors.items() if k.startswith("state.")}
     return Checkpoint(
         path=path,
@@ -159,6 +161,14 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         size_bytes=len(data),
         state=state,
     )
+
+
+def _first_line(exc: Exception) -> str:
+    """A one-line reason: pydantic's first error, or the exception's first line."""
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _prefixed(prefix: str, model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -201,7 +211,10 @@ def _read_metadata(path: Path, data: bytes) -> dict[str, Any]:
         raise CheckpointError(f"{path}: the safetensors header is not valid JSON") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: the safetensors header is not a JSON object")
-    raw = (header.get("__metadata__") or {}).get(METADATA_KEY)
+    fields = header.get("__metadata__") or {}
+    if not isinstance(fields, dict):
+        raise CheckpointError(f"{path}: the safetensors __metadata__ is not a JSON object")
+    raw = fields.get(METADATA_KEY)
     if raw is None:
         raise CheckpointError(f"{path}: no '{METADATA_KEY}' metadata: not a ctm-serve checkpoint")
     try:
@@ -228,10 +241,10 @@ def _restore(
     prefix: str,
     tensors: dict[str, torch.Tensor],
     network: NetworkConfig,
-    sigma_data: float,
+    noise: NoiseConfig,
     device: str | torch.device,
 ) -> CTMParametrization:
-    model = build_model(network, sigma_data)
+    model = build_model(network, noise.sigma_data or 1.0, noise.data_mean or 0.0)
     expected = model.state_dict()
     found = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
     missing = sorted(set(expected) - set(found))

@@ -19,11 +19,17 @@ class NetworkConfig(_Strict):
 
 
 class NoiseConfig(_Strict):
-    """The diffusion's time range and schedule; sigma_data None means "measure it from the data"."""
+    """The diffusion's time range and schedule, and the data's scale and centre.
+
+    sigma_data and data_mean None mean "measure them from the data". The prior is
+    N(data_mean, σ_max²): the PF-ODE is shift-equivariant, and centring the latent on the data
+    keeps data far from 0 (e.g. N(1, 0.2²)) from being biased by the latent's mismatch.
+    """
 
     sigma_min: float = Field(0.002, gt=0)
     sigma_max: float = Field(10.0, gt=0)
     sigma_data: float | None = Field(None, gt=0)
+    data_mean: float | None = None
     rho: float = Field(7.0, gt=0)
     schedule: Literal["karras", "exponential", "linear"] = "karras"
 
@@ -32,6 +38,16 @@ class NoiseConfig(_Strict):
         if self.sigma_min >= self.sigma_max:
             raise ValueError("sigma_min must be below sigma_max")
         return self
+
+    def sampling_kwargs(self) -> dict[str, float | str]:
+        """The keyword arguments `ctm_core.samplers.generate` takes from this noise range."""
+        return {
+            "sigma_min": self.sigma_min,
+            "sigma_max": self.sigma_max,
+            "rho": self.rho,
+            "schedule": self.schedule,
+            "data_mean": self.data_mean or 0.0,
+        }
 
 
 class TeacherConfig(_Strict):

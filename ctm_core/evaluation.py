@@ -81,12 +81,9 @@ def evaluate(
             "sampler": spec.sampler,
             "steps": spec.steps,
             "n": n,
-            "sigma_min": noise.sigma_min,
-            "sigma_max": noise.sigma_max,
-            "rho": noise.rho,
-            "schedule": noise.schedule,
             "seed": seed,
             "gamma": spec.gamma,
+            **noise.sampling_kwargs(),
         }
         quantile = generate(model, noise="quantile", **run)
         random = generate(model, noise="random", **run).samples

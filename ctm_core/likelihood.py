@@ -44,16 +44,17 @@ def log_prob(
     steps: int = 64,
     rho: float = 7.0,
     prior: Prior | None = None,
+    data_mean: float = 0.0,
 ) -> torch.Tensor:
     """log p(x) of the model's distribution at σ_min for points x, shape (n,) → (n,), float64.
 
     The classical 4th-order Runge–Kutta method on a Karras grid of `steps` steps from σ_min up to
     σ_max carries both x_t and the accumulated divergence (4 network evaluations a step); `prior`
-    is log p at σ_max (default log N(x_T; 0, σ_max²), the latent the samplers draw). The network
+    is log p at σ_max (default log N(x_T; data_mean, σ_max²), the prior the samplers draw from). The network
     runs in x's dtype; the integral accumulates in float64.
     """
     if prior is None:
-        prior = lambda z: gaussian_log_prob(z, 0.0, sigma_max)  # noqa: E731
+        prior = lambda z: gaussian_log_prob(z, data_mean, sigma_max)  # noqa: E731
     ts = karras_sigmas(steps + 1, sigma_min, sigma_max, rho).flip(0).to(x.device)
     integral = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
     for t0, t1 in itertools.pairwise(ts):

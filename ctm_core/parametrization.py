@@ -25,21 +25,26 @@ class CTMParametrization(nn.Module):
 
     g_θ(x, t, s) = c_skip(t)·x + c_out(t)·F_θ(c_in(t)·x, c_noise(t), c_noise(s))
     G_θ(x, t, s) = (s/t)·x + (1 − s/t)·g_θ(x, t, s)          (Kim et al. 2023, eq. 7)
-    All inputs are broadcast to x's shape (batch,).
+    All inputs are broadcast to x's shape (batch,). x is measured from the data's mean μ (so
+    g(x) = μ + g_centred(x − μ)); G keeps its form and G(x, t, t) = x still holds exactly.
     """
 
-    def __init__(self, net: nn.Module, sigma_data: float) -> None:
+    def __init__(self, net: nn.Module, sigma_data: float, data_mean: float = 0.0) -> None:
         super().__init__()
         if not (sigma_data > 0 and math.isfinite(sigma_data)):
             raise ValueError(f"sigma_data must be positive and finite, got {sigma_data}")
+        if not math.isfinite(data_mean):
+            raise ValueError(f"data_mean must be finite, got {data_mean}")
         self.net = net
         self.sigma_data = float(sigma_data)
+        self.data_mean = float(data_mean)
 
     def g(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """The CTM output g_θ(x, t, s): an estimate of the trajectory's end seen from (x, t) via s."""
         t, s = torch.broadcast_to(t, x.shape), torch.broadcast_to(s, x.shape)
         c_skip, c_out, c_in = edm_scalings(t, self.sigma_data)
-        return c_skip * x + c_out * self.net(c_in * x, c_noise(t), c_noise(s))
+        centred = x - self.data_mean
+        return self.data_mean + c_skip * centred + c_out * self.net(c_in * centred, c_noise(t), c_noise(s))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """The jump G_θ(x, t, s) from time t to time s ≤ t along the PF-ODE; G(x, t, t) = x."""

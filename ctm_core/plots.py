@@ -82,7 +82,7 @@ def write_training_figures(
 ) -> list[Path]:
     """density.png, paths.png (and losses.png) for a trained model, as in the original figures."""
     directory.mkdir(parents=True, exist_ok=True)
-    sched = {"sigma_min": noise.sigma_min, "sigma_max": noise.sigma_max, "rho": noise.rho, "seed": seed}
+    sched = {**noise.sampling_kwargs(), "seed": seed}
     runs = {
         "one-step": ("onestep", 1, student),
         "multistep 4": ("multistep", 4, student),
@@ -91,8 +91,7 @@ def write_training_figures(
     if teacher is not None:
         runs["teacher heun 18"] = ("heun", 18, teacher)
     trajectories = {
-        label: generate(model, sampler, steps, n, schedule=noise.schedule, **sched)
-        for label, (sampler, steps, model) in runs.items()
+        label: generate(model, sampler, steps, n, **sched) for label, (sampler, steps, model) in runs.items()
     }
     written = []
     samples = {k: t.samples.double().cpu().numpy() for k, t in trajectories.items()}

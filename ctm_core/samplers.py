@@ -169,12 +169,15 @@ def quantile_latent(n: int, sigma_max: float) -> torch.Tensor:
     return (sigma_max * torch.special.ndtri(p)).float()
 
 
-def latent(n: int, sigma_max: float, noise: NoiseMode, generator: torch.Generator) -> torch.Tensor:
-    """x_T of shape (n,): σ_max·N(0, 1) from the generator, or the n quantiles of N(0, σ_max²)."""
+def latent(
+    n: int, sigma_max: float, noise: NoiseMode, generator: torch.Generator, data_mean: float = 0.0
+) -> torch.Tensor:
+    """x_T of shape (n,) from the prior N(data_mean, σ_max²): random from the generator, or its
+    n quantiles data_mean + σ_max·Φ⁻¹((i + ½)/n)."""
     if noise == "quantile":
-        return quantile_latent(n, sigma_max)
+        return data_mean + quantile_latent(n, sigma_max)
     if noise == "random":
-        return sigma_max * torch.randn(n, generator=generator)
+        return data_mean + sigma_max * torch.randn(n, generator=generator)
     raise ValueError(f"unknown noise mode {noise!r}; choose 'random' or 'quantile'")
 
 
@@ -192,6 +195,7 @@ def generate(
     seed: int = 0,
     noise: NoiseMode = "random",
     gamma: float = 0.5,
+    data_mean: float = 0.0,
     device: torch.device | str = "cpu",
 ) -> Trajectory:
     """Draw n samples with the named sampler over `steps` steps of the schedule, from one seed.
@@ -206,6 +210,6 @@ def generate(
     if sampler == "onestep" and steps != 1:
         raise ValueError("the onestep sampler takes exactly 1 step")
     generator = torch.Generator().manual_seed(seed)
-    x = latent(n, sigma_max, noise, generator).to(device)
+    x = latent(n, sigma_max, noise, generator, data_mean).to(device)
     sigmas = get_sigmas(schedule, steps + 1, sigma_min, sigma_max, rho)
     return SAMPLERS[sampler](model, x, sigmas, generator=generator, gamma=gamma)

@@ -191,12 +191,14 @@ def load_task(config: TrainConfig) -> tuple[Task, np.ndarray | None, dict[str, A
 
 
 def noise_for(config: TrainConfig, task: Task) -> TrainConfig:
-    """Fill in σ_data from the data, and widen σ_max for data far from the origin."""
+    """Fill in σ_data and the data's mean from the data, and widen σ_max for widely spread data."""
     noise = config.noise
     update: dict[str, Any] = {}
     if noise.sigma_data is None:
         update["sigma_data"] = max(task.std, 1e-3)
-    reach = abs(task.mean) + 3 * task.std
+    if noise.data_mean is None:
+        update["data_mean"] = task.mean
+    reach = 3 * task.std
     if config.data is not None and reach > noise.sigma_max / 2:
         # σ_max must dwarf the data's spread, or x_T = σ_max·z is not close to the marginal.
         update["sigma_max"] = 2 * reach
@@ -229,7 +231,7 @@ def _train(args: argparse.Namespace) -> int:
     ):
         raise UsageError(f"{out} exists; pass --overwrite to replace it, or --resume {out}")
 
-    trainer = Trainer(config, task.sample, config.noise.sigma_data, device, progress=not args.no_progress)
+    trainer = Trainer(config, task.sample, device, progress=not args.no_progress)
     if args.resume is not None:
         _resume(trainer, args.resume, config)
 

@@ -77,23 +77,24 @@ class Trainer:
         self,
         config: TrainConfig,
         sample_data: Callable[[int, torch.Generator], torch.Tensor],
-        sigma_data: float,
         device: torch.device,
         progress: bool = True,
     ) -> None:
         self.config = config
         self.sample_data = sample_data
-        self.sigma_data = sigma_data
         self.device = device
         self.progress = progress
         noise = config.noise
+        if noise.sigma_data is None or noise.data_mean is None:
+            raise ValueError("config.noise.sigma_data and data_mean must be measured before training")
+        sigma_data = noise.sigma_data
         self.grid = karras_sigmas(config.ctm.grid_points, noise.sigma_min, noise.sigma_max, noise.rho).to(
             device, torch.float32
         )
 
         torch.manual_seed(config.seed)  # weight initialisation
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.online = build_model(config.network, sigma_data).to(device)
+        self.online = build_model(config.network, sigma_data, noise.data_mean).to(device)
         self.teacher_eval: CTMParametrization = _frozen_copy(self.online)
         self.student_eval: CTMParametrization = _frozen_copy(self.online)
         self.target: CTMParametrization = _frozen_copy(self.online)
@@ -209,7 +210,10 @@ class Trainer:
         if self._pool is None:
             cfg = self.config.ctm
             pool_gen = torch.Generator().manual_seed(self.config.seed + 1)
-            x_T = self.config.noise.sigma_max * torch.randn(cfg.pool_size, generator=pool_gen)
+            noise = self.config.noise
+            x_T = noise.sampling_kwargs()["data_mean"] + noise.sigma_max * torch.randn(
+                cfg.pool_size, generator=pool_gen
+            )
             with torch.inference_mode():
                 traj = sample_heun(self.teacher_eval, x_T.to(self.device), self.grid.double())
             self._pool = traj.states.clone()

@@ -14,8 +14,10 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -25,6 +27,8 @@ from service.config import DeviceName, Settings
 from service.registry import LoadedModel
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -85,10 +89,7 @@ def run_job(job: SamplingJob, device: torch.device) -> SamplingResult:
         job.sampler,
         job.steps,
         job.n,
-        sigma_min=noise.sigma_min,
-        sigma_max=noise.sigma_max,
-        rho=noise.rho,
-        schedule=noise.schedule,
+        **noise.sampling_kwargs(),
         seed=job.seed,
         noise=job.noise,
         gamma=job.gamma,
@@ -134,6 +135,10 @@ class InferenceEngine:
             time.perf_counter() - start,
         )
         return result
+
+    async def call(self, fn: Callable[..., T], *args: object) -> T:
+        """fn(*args) on the same pool: other CPU work of a request (figures, metrics) shares its budget."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def shutdown(self) -> None:
         """Stop taking jobs (running ones finish in their threads); restore PyTorch's thread count."""

@@ -150,10 +150,7 @@ def _check_generates(path: Path, checkpoint: Checkpoint, device: torch.device) -
         "onestep",
         1,
         _SMOKE_N,
-        sigma_min=noise.sigma_min,
-        sigma_max=noise.sigma_max,
-        rho=noise.rho,
-        schedule=noise.schedule,
+        **noise.sampling_kwargs(),
         noise="quantile",
         device=device,
     )

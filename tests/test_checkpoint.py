@@ -263,11 +263,6 @@ def test_bad_header(tmp_path: Path, header: bytes, expected: str) -> None:
     assert expected in _load_error(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="library bug: checkpoint._read_metadata calls .get on a non-dict __metadata__",
-)
 def test_metadata_field_that_is_not_an_object(tmp_path: Path) -> None:
     path = tmp_path / "bad_header.safetensors"
     header = b'{"__metadata__": "a string"}'
@@ -345,10 +340,6 @@ def test_bad_architecture_metadata(tmp_path: Path, edit: Any, expected: str) -> 
     assert expected in _load_error(path, one_line=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: checkpoint.load_checkpoint embeds the multi-line pydantic ValidationError text",
-)
 def test_invalid_network_settings_give_a_one_line_message(tmp_path: Path) -> None:
     meta = _metadata()
     meta["architecture"]["network"]["width"] = 0

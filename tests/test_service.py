@@ -238,7 +238,7 @@ async def test_model_by_name(client: httpx.AsyncClient) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["nope", "two_gmm_1D.safetensors", "TWO_GMM_1D", "..", "%2e%2e%2fetc%2fpasswd"]
+    "name", ["nope", "two_gmm_1D.safetensors", "TWO_GMM_1D", ".%2e", "%2e%2e%2fetc%2fpasswd"]
 )
 async def test_unknown_model_is_404(client: httpx.AsyncClient, name: str) -> None:
     response = await client.get(f"/models/{name}")

@@ -122,7 +122,7 @@ def _config(**overrides) -> TrainConfig:
     base = {
         "seed": 0,
         "network": TINY,
-        "noise": NoiseConfig(sigma_data=0.5),
+        "noise": NoiseConfig(sigma_data=0.5, data_mean=0.0),
         "teacher": TeacherConfig(steps=150, batch_size=256, lr=1e-2),
         "ctm": CTMConfig(steps=100, batch_size=256, pool_size=512, grid_points=18),
     }
@@ -130,7 +130,7 @@ def _config(**overrides) -> TrainConfig:
 
 
 def _trainer(config: TrainConfig) -> Trainer:
-    return Trainer(config, TASK.sample, config.noise.sigma_data, torch.device("cpu"), progress=False)
+    return Trainer(config, TASK.sample, torch.device("cpu"), progress=False)
 
 
 def test_real_training_run() -> None:
