@@ -68,6 +68,7 @@ class CTMConfig(_Strict):
     batch_size: int = Field(512, ge=1)
     lr: float = Field(1e-3, gt=0)
     lambda_dsm: float = Field(0.1, ge=0)
+    intermediate_weight: float = Field(0.0, ge=0)
     target_ema: float = Field(0.0, ge=0, lt=1)
     eval_ema: float = Field(0.99, ge=0, lt=1)
     grid_points: int = Field(40, ge=3, le=4096)

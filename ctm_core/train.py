@@ -37,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     src = p.add_argument_group("what to learn")
     src.add_argument(
-        "--task", default=None, choices=sorted(TASKS), help="built-in 1D task (default two_gmm_1D)"
+        "--task",
+        default=None,
+        choices=[*sorted(TASKS), "all"],
+        help="built-in 1D task (default two_gmm_1D); 'all' trains every task into the --out folder",
     )
     src.add_argument(
         "--data", type=Path, help="your own values: .npy, .csv (one column) or .txt (one a line)"
@@ -208,11 +211,29 @@ def noise_for(config: TrainConfig, task: Task) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.task == "all":
+            return _train_all(args)
         return _train(args)
     except (UsageError, DataFileError, CheckpointError, KeyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {message}", file=sys.stderr)
         return 2
+
+
+def _train_all(args: argparse.Namespace) -> int:
+    """Every built-in task, one after the other, into <out>/<task>.safetensors (the shipped set)."""
+    if args.data is not None or args.resume is not None:
+        raise UsageError("--task all takes neither --data nor --resume")
+    folder = args.out or Path("checkpoints")
+    if folder.suffix == ".safetensors":
+        raise UsageError("with --task all, --out is a folder (default checkpoints)")
+    for name in sorted(TASKS):
+        print(f"== {name}")
+        task_args = argparse.Namespace(**{**vars(args), "task": name, "out": folder / f"{name}.safetensors"})
+        code = _train(task_args)
+        if code != 0:
+            return code
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:

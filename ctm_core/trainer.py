@@ -105,7 +105,7 @@ class Trainer:
         self.dsm_teacher = DSMLoss(
             config.teacher.p_mean, config.teacher.p_std, sigma_data, noise.sigma_min, noise.sigma_max
         )
-        self.consistency = ConsistencyLoss(noise.sigma_min)
+        self.consistency = ConsistencyLoss(noise.sigma_min, sigma_data, config.ctm.intermediate_weight)
 
     # ---- the loop -------------------------------------------------------------------------
     def run(self, hook: StepHook | None = None) -> TrainState:

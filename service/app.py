@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
 from ctm_core import __version__
-from service.api.routes import health, metrics, models, sampling
+from service.api.routes import explorer, health, metrics, models, reference, sampling
 from service.config import Settings
 from service.inference import InferenceEngine, resolve_device, torch_threads_for
 from service.registry import ModelRegistry
@@ -84,6 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(reference.create_router(settings))
+    app.include_router(explorer.create_router(settings))
     return app
 
 

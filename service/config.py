@@ -4,10 +4,10 @@ This module imports neither torch nor FastAPI, so `python -m service --help` sta
 """
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MAX_SEED = 2**63 - 1
 DeviceName = Literal["cpu", "cuda", "auto"]
@@ -40,11 +40,58 @@ class Settings(BaseSettings):
     inference_threads: int = Field(2, ge=1, le=64)
     torch_threads: int = Field(0, ge=0, le=256)
 
+    # Lifecycle (docs/RELIABILITY.md).
+    request_timeout_s: float = Field(
+        60.0, ge=0, description="Seconds a request may take before it is answered 503; 0: no limit."
+    )
+    reload_poll_s: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds between looks at the checkpoint directory for new, replaced or removed files "
+        "(hot reload); 0: reload only on POST /admin/reload.",
+    )
+
+    # Access. Secrets are SecretStr, so they never show in a repr, a log line or an error message;
+    # an empty variable counts as unset.
+    api_key: SecretStr | None = Field(
+        None,
+        description="When set, every endpoint but /healthz and /readyz needs it, as "
+        "'Authorization: Bearer <key>' or 'X-API-Key: <key>'.",
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="Enables POST /admin/reload, which needs it as 'Authorization: Bearer <token>'."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins allowed to call the API from a browser, comma-separated; empty: CORS off.",
+    )
+
     @field_validator("log_level", "device", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
+    @field_validator("api_key", "admin_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
     def to_env(self) -> dict[str, str]:
         """These settings as `CTM_*` variables, for worker processes that read them from the environment."""
-        return {f"CTM_{name.upper()}": str(value) for name, value in self.model_dump().items()}
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, list):
+                value = ",".join(value)
+            env[f"CTM_{name.upper()}"] = str(value)
+        return env

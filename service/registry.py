@@ -1,12 +1,20 @@
 """The model registry: name → loaded, validated checkpoint. Names are file stems; lookups never touch disk.
 
-Requests read one immutable snapshot of the mapping; `replace` swaps in a new one with a single
-assignment, so a later hot reload can load new files aside and publish them atomically.
+Requests read one immutable `RegistrySnapshot` (models and rejected files together); `reload` builds
+the next snapshot aside, loading only the files whose stamp changed, and publishes it with a single
+assignment. A request that looked its model up keeps that `LoadedModel` (weights and sha256) to the
+end, so it runs entirely on the old version or entirely on the new one.
+
+Only regular files whose real path lies inside the checkpoint directory are read: a symbolic link
+that leads outside it, a directory or a device named `*.safetensors` is rejected without opening it.
 """
 
+import dataclasses
 import logging
+import threading
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -17,7 +25,7 @@ from pydantic import ValidationError
 from ctm_core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from ctm_core.parametrization import CTMParametrization
 from ctm_core.samplers import SAMPLERS, generate
-from service.schemas import ModelInfo, NoiseInfo
+from service.schemas import ModelInfo, NoiseInfo, RejectedCheckpoint
 
 logger = logging.getLogger(__name__)
 
@@ -26,82 +34,238 @@ _SMOKE_N = 16
 
 
 @dataclass(frozen=True)
+class FileStamp:
+    """What identifies one version of a file without reading it: the target's device, inode, size, mtime."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> "FileStamp":
+        st = path.stat()  # follows a symbolic link: a retargeted link has a new stamp
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclass(frozen=True)
 class LoadedModel:
-    """A checkpoint ready to serve, and its public description."""
+    """A checkpoint ready to serve, and its public description; never changed once built."""
 
     name: str
     checkpoint: Checkpoint
     info: ModelInfo
+    stamp: FileStamp | None = None
 
     @property
     def network(self) -> CTMParametrization:
         """The served CTM (the checkpoint's evaluation-EMA student), in eval mode."""
         return self.checkpoint.student
 
+    @property
+    def sha256(self) -> str:
+        """The version: sha256 of the checkpoint file's bytes."""
+        return self.info.sha256
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A checkpoint file that failed validation, why, and the stamp it had then (so it is not retried)."""
+
+    file_name: str
+    reason: str
+    stamp: FileStamp | None
+
+
+@dataclass(frozen=True)
+class RegistrySnapshot:
+    """Models by name and rejected files by file name, as published together by one (re)load."""
+
+    models: Mapping[str, LoadedModel] = field(default_factory=lambda: MappingProxyType({}))
+    rejections: Mapping[str, Rejection] = field(default_factory=lambda: MappingProxyType({}))
+
+    def serving(self, rejection: Rejection) -> LoadedModel | None:
+        """The model still served from a rejected file's previous version, if any."""
+        model = self.models.get(rejection.file_name.removesuffix(CHECKPOINT_SUFFIX))
+        return model if model is not None and model.info.file_name == rejection.file_name else None
+
+    def describe_rejections(self) -> list[RejectedCheckpoint]:
+        """The rejected files as the API shows them, by file name."""
+        described = []
+        for name in sorted(self.rejections):
+            rejection = self.rejections[name]
+            serving = self.serving(rejection)
+            described.append(
+                RejectedCheckpoint(
+                    file_name=name,
+                    reason=rejection.reason,
+                    serving_sha256=serving.sha256 if serving is not None else None,
+                )
+            )
+        return described
+
+
+@dataclass(frozen=True)
+class ReloadReport:
+    """What one (re)load changed: model names added, replaced (new sha256), removed, unchanged."""
+
+    added: list[str]
+    replaced: list[str]
+    removed: list[str]
+    unchanged: list[str]
+    rejected: list[Rejection]
+    seconds: float
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.replaced or self.removed)
+
 
 class ModelRegistry:
-    """Loaded models by name; the mapping is replaced as a whole, never edited in place."""
+    """Loaded models by name; the snapshot is replaced as a whole, never edited in place."""
 
     def __init__(self) -> None:
-        self._models: Mapping[str, LoadedModel] = MappingProxyType({})
-        self._rejected: Mapping[str, str] = MappingProxyType({})
+        self._snapshot = RegistrySnapshot()
+        self._reload_lock = threading.Lock()  # one (re)load at a time: the poller's and the admin's
+
+    def snapshot(self) -> RegistrySnapshot:
+        """The current models and rejections, consistent with each other."""
+        return self._snapshot
 
     def get(self, name: str) -> LoadedModel | None:
         """The model called `name`, or None; `name` is only compared with loaded names."""
-        return self._models.get(name)
+        return self._snapshot.models.get(name)
 
     @property
     def names(self) -> list[str]:
-        return sorted(self._models)
+        return sorted(self._snapshot.models)
 
     @property
     def models(self) -> list[LoadedModel]:
-        snapshot = self._models
+        snapshot = self._snapshot.models
         return [snapshot[name] for name in sorted(snapshot)]
 
     @property
     def rejected(self) -> Mapping[str, str]:
-        """File name → reason, for the checkpoints that failed validation at the last load."""
-        return self._rejected
+        """File name → reason, for the checkpoints that failed validation at the last (re)load."""
+        return {name: r.reason for name, r in self._snapshot.rejections.items()}
 
     def __len__(self) -> int:
-        return len(self._models)
+        return len(self._snapshot.models)
 
     def replace(self, models: Mapping[str, LoadedModel], rejected: Mapping[str, str]) -> None:
         """Publish a new set of models in one step (readers see the old set or the new one)."""
-        self._models = MappingProxyType(dict(models))
-        self._rejected = MappingProxyType(dict(rejected))
+        rejections = {name: Rejection(name, reason, None) for name, reason in rejected.items()}
+        self._snapshot = RegistrySnapshot(MappingProxyType(dict(models)), MappingProxyType(rejections))
 
-    def load_directory(self, directory: Path, device: torch.device) -> None:
+    def load_directory(self, directory: Path, device: torch.device) -> ReloadReport:
         """Load every `*.safetensors` in `directory`, skip (and log) the bad ones, publish the rest."""
-        self.replace(*load_directory(directory, device))
+        return self.reload(directory, device)
+
+    def reload(self, directory: Path, device: torch.device) -> ReloadReport:
+        """Bring the registry in line with `directory`: load new and changed files, drop removed ones.
+
+        A file whose stamp is unchanged is not read again. A changed file that fails validation is
+        rejected and its previous version, if any, keeps serving.
+        """
+        with self._reload_lock:
+            start = time.perf_counter()
+            old = self._snapshot
+            models, rejections, report = _reconcile(old, directory, device)
+            self._snapshot = RegistrySnapshot(MappingProxyType(models), MappingProxyType(rejections))
+            return dataclasses.replace(report, seconds=time.perf_counter() - start)
 
 
-def load_directory(directory: Path, device: torch.device) -> tuple[dict[str, LoadedModel], dict[str, str]]:
-    """(name → model, file name → reason rejected) for the checkpoints in `directory`."""
+def _reconcile(
+    old: RegistrySnapshot, directory: Path, device: torch.device
+) -> tuple[dict[str, LoadedModel], dict[str, Rejection], ReloadReport]:
+    """The next snapshot's contents, and what changed from `old`."""
+    models: dict[str, LoadedModel] = {}
+    rejections: dict[str, Rejection] = {}
+    added: list[str] = []
+    replaced: list[str] = []
+    unchanged: list[str] = []
     if not directory.is_dir():
         logger.warning("checkpoint directory missing dir=%s", directory)
-        return {}, {}
-    models: dict[str, LoadedModel] = {}
-    rejected: dict[str, str] = {}
-    for path in sorted(directory.glob(f"*{CHECKPOINT_SUFFIX}")):
+        paths: list[Path] = []
+    else:
+        paths = sorted(directory.glob(f"*{CHECKPOINT_SUFFIX}"))
+    root = directory.resolve()
+    for path in paths:
+        name = path.stem
+        previous = old.models.get(name)
         try:
-            model = load_model(path, device)
+            stamp = _stamp_inside(path, root)
         except CheckpointError as exc:
-            rejected[path.name] = _one_line(str(exc))
-        except Exception as exc:  # one odd file must not stop the others from serving
-            rejected[path.name] = _one_line(f"{path}: unexpected {type(exc).__name__} ({exc})")
+            rejection = Rejection(path.name, str(exc), None)
         else:
-            models[model.name] = model
-            logger.info(
-                "checkpoint loaded model=%s file=%s sha256=%s", model.name, path.name, model.info.sha256[:12]
-            )
-            continue
-        logger.error("checkpoint rejected file=%s reason=%r", path.name, rejected[path.name])
-    return models, rejected
+            if previous is not None and previous.stamp == stamp:
+                models[name] = previous
+                unchanged.append(name)
+                continue
+            earlier = old.rejections.get(path.name)
+            if earlier is not None and earlier.stamp == stamp:
+                rejections[path.name] = earlier  # same bytes as when it failed: not retried, not re-logged
+                if previous is not None:
+                    models[name] = previous
+                continue
+            try:
+                model = load_model(path, device, stamp=stamp)
+            except CheckpointError as exc:
+                rejection = Rejection(path.name, _reason(path, exc), stamp)
+            except Exception as exc:  # one odd file must not stop the others from serving
+                rejection = Rejection(path.name, f"unexpected {type(exc).__name__} ({exc})", stamp)
+            else:
+                if previous is not None and previous.sha256 == model.sha256:
+                    models[name] = dataclasses.replace(previous, stamp=stamp)  # touched, same bytes
+                    unchanged.append(name)
+                    continue
+                models[name] = model
+                (replaced if previous is not None else added).append(name)
+                logger.info(
+                    "checkpoint loaded model=%s file=%s sha256=%s%s",
+                    name,
+                    path.name,
+                    model.sha256[:12],
+                    f" replaces={previous.sha256[:12]}" if previous is not None else "",
+                )
+                continue
+        rejections[path.name] = rejection
+        if previous is not None:
+            models[name] = previous
+        if old.rejections.get(path.name) == rejection:
+            continue  # reported already
+        logger.error(
+            "checkpoint rejected file=%s reason=%r%s",
+            path.name,
+            rejection.reason,
+            f" serving_previous={previous.sha256[:12]}" if previous is not None else "",
+        )
+    removed = sorted(set(old.models) - set(models))
+    for name in removed:
+        logger.info("checkpoint removed model=%s sha256=%s", name, old.models[name].sha256[:12])
+    report = ReloadReport(added, replaced, removed, unchanged, list(rejections.values()), 0.0)
+    return models, rejections, report
 
 
-def load_model(path: Path, device: torch.device) -> LoadedModel:
+def _stamp_inside(path: Path, root: Path) -> FileStamp:
+    """The stamp of `path`, if it is (or links to) a regular file inside `root`; else CheckpointError."""
+    target = path.resolve()
+    if not target.is_relative_to(root):
+        raise CheckpointError("a symbolic link to a file outside the checkpoint directory: not read")
+    if path.is_symlink() and not target.exists():
+        raise CheckpointError("broken symbolic link")
+    try:
+        stamp = FileStamp.of(path)
+        is_file = path.is_file()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read ({exc.strerror})") from None
+    if not is_file:
+        raise CheckpointError("not a regular file")
+    return stamp
+
+
+def load_model(path: Path, device: torch.device, stamp: FileStamp | None = None) -> LoadedModel:
     """Load and validate one checkpoint; raise CheckpointError with a message a person can act on."""
     checkpoint = load_checkpoint(path, device)
     _check_generates(path, checkpoint, device)
@@ -109,7 +273,7 @@ def load_model(path: Path, device: torch.device) -> LoadedModel:
         info = describe(path.stem, checkpoint)
     except ValidationError as exc:
         raise CheckpointError(f"{path}: metadata cannot be described ({exc.error_count()} errors)") from None
-    return LoadedModel(name=path.stem, checkpoint=checkpoint, info=info)
+    return LoadedModel(name=path.stem, checkpoint=checkpoint, info=info, stamp=stamp)
 
 
 def describe(name: str, checkpoint: Checkpoint) -> ModelInfo:
@@ -156,6 +320,11 @@ def _check_generates(path: Path, checkpoint: Checkpoint, device: torch.device) -
     )
     if not torch.isfinite(trajectory.samples).all():
         raise CheckpointError(f"{path}: the model produces NaN or infinite samples")
+
+
+def _reason(path: Path, exc: Exception) -> str:
+    """The error in one line, without the file's path (the API shows it; the file name is given apart)."""
+    return _one_line(str(exc).removeprefix(f"{path}: "))
 
 
 def _as_dict(value: Any) -> dict[str, Any]:

@@ -33,6 +33,9 @@ class SampleResponse(BaseModel):
     """Samples from one model with one sampler; the seed reproduces them."""
 
     model: str
+    model_sha256: str = Field(
+        description="The version that drew these samples: sha256 of its checkpoint file (as in /models)."
+    )
     sampler: SamplerName
     steps: int = Field(ge=1)
     nfe: int = Field(ge=1, description="Network evaluations per sample.")
@@ -81,8 +84,33 @@ class ModelInfo(BaseModel):
     package_version: str | None
 
 
+class RejectedCheckpoint(BaseModel):
+    """A checkpoint file that failed validation at the last (re)load."""
+
+    file_name: str
+    reason: str = Field(description="Why it was refused.")
+    serving_sha256: str | None = Field(
+        description="sha256 of the file's previous version, which keeps serving; null: none serves."
+    )
+
+
 class ModelList(BaseModel):
     models: list[ModelInfo]
+    rejected: list[RejectedCheckpoint] = Field(
+        description="Checkpoint files that failed validation (the server log has the same lines)."
+    )
+
+
+class ReloadResponse(BaseModel):
+    """What POST /admin/reload changed; every name in `models` now serves the version given."""
+
+    models: dict[str, str] = Field(description="Model name → sha256 of the version serving now.")
+    added: list[str]
+    replaced: list[str]
+    removed: list[str]
+    unchanged: list[str]
+    rejected: list[RejectedCheckpoint]
+    seconds: float = Field(description="Time the reload took.")
 
 
 class HealthResponse(BaseModel):
@@ -98,3 +126,37 @@ class NotReadyResponse(BaseModel):
     status: Literal["not ready"] = "not ready"
     models: list[str]
     detail: str
+
+
+class DensityResponse(BaseModel):
+    """A model's reference density on an even grid of x, from lo to hi."""
+
+    model: str
+    source: Literal["exact", "kde"] = Field(
+        description="exact: the built-in task's density; kde: a Gaussian KDE of the training values "
+        "stored in the checkpoint (`task.kde_points`), an estimate."
+    )
+    label: str = Field(
+        description="What the density is, for legends: 'true density' or 'KDE of the training data'."
+    )
+    x: list[float] = Field(description="`points` evenly spaced values from lo to hi.")
+    density: list[float] = Field(description="The density at each x.")
+
+
+class EvaluateResponse(BaseModel):
+    """How far one sampling run (the samples /sample gives for the same parameters) is from the reference."""
+
+    model: str
+    sampler: SamplerName
+    steps: int = Field(ge=1)
+    nfe: int = Field(ge=1, description="Network evaluations per sample.")
+    n: int = Field(ge=1)
+    seed: int = Field(ge=0, description="The seed given, or the one drawn; pass it back to reproduce.")
+    noise: NoiseMode
+    reference: Literal["exact", "kde"] | None = Field(
+        description="What the samples are measured against (see /models/{name}/density); null: nothing."
+    )
+    w1: float | None = Field(
+        description="Wasserstein-1 distance to the task's exact CDF, or the two-sample W1 to the stored "
+        "training values; null without a reference or when a sample is not finite."
+    )

@@ -1,1 +1,1 @@
-"""One router per resource: sampling, models, health, metrics."""
+"""One router per resource: sampling, models, health, metrics, reference (density, W1), explorer (page)."""

@@ -11,8 +11,10 @@ router = APIRouter(tags=["models"])
 
 @router.get("/models", summary="List loaded models")
 async def list_models(registry: RegistryDep) -> ModelList:
-    """Every loaded model, by name."""
-    return ModelList(models=[model.info for model in registry.models])
+    """Every loaded model, by name, and the checkpoint files that failed validation."""
+    snapshot = registry.snapshot()
+    models = [snapshot.models[name].info for name in sorted(snapshot.models)]
+    return ModelList(models=models, rejected=snapshot.describe_rejections())
 
 
 @router.get(

@@ -25,6 +25,7 @@ def sample_payload(result: SamplingResult) -> dict[str, Any]:
     job = result.job
     return {
         "model": job.model.name,
+        "model_sha256": job.model.sha256,  # the version the whole request ran on
         "sampler": job.sampler,
         "steps": job.steps,
         "nfe": result.nfe,

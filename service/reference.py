@@ -1,0 +1,117 @@
+"""A model's reference distribution: its task's exact density, or a KDE of stored training values.
+
+A model trained on a built-in task (checkpoint metadata `task.name` in `ctm_core.tasks.TASKS`, and
+`task.kind` not "data") is measured against that task's exact density and CDF. A model trained on
+user data carries no training data; when its metadata holds `task.kde_points` (a list of training
+values evenly spaced in rank), the reference is their empirical distribution: a Gaussian KDE for
+the density, the two-sample W1 for distances. Any other model has no reference.
+"""
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from ctm_core.metrics import w1_to_cdf
+from ctm_core.tasks import TASKS, EmpiricalTask, Task
+from service.registry import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+ReferenceSource = Literal["exact", "kde"]
+KDE_POINTS_KEY = "kde_points"
+# Most stored training values used: bounds the cost of a KDE on a grid of 10,000 points.
+MAX_KDE_POINTS = 2_000
+# Default grid: the central 99.8% of the reference, widened by this fraction of its width.
+_DEFAULT_RANGE_P = (0.001, 0.999)
+_DEFAULT_RANGE_PAD = 0.15
+_LABELS: dict[ReferenceSource, str] = {"exact": "true density", "kde": "KDE of the training data"}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The distribution a model's samples are compared with, and where it comes from."""
+
+    task: Task
+    source: ReferenceSource
+
+    @property
+    def label(self) -> str:
+        """What the density is, for legends: "true density" or "KDE of the training data"."""
+        return _LABELS[self.source]
+
+    def default_range(self) -> tuple[float, float]:
+        """An x interval holding the reference's bulk, with a margin on each side."""
+        if isinstance(self.task, EmpiricalTask):
+            # The KDE's tails reach about 3 bandwidths beyond the extreme values.
+            values = self.task.values
+            margin = 3.0 * float(np.sqrt(self.task.kde.covariance[0, 0]))
+            return float(values[0] - margin), float(values[-1] + margin)
+        lo, hi = (float(q) for q in self.task.quantile(np.array(_DEFAULT_RANGE_P)))
+        pad = _DEFAULT_RANGE_PAD * (hi - lo)
+        return lo - pad, hi + pad
+
+    def density(self, lo: float, hi: float, points: int) -> tuple[np.ndarray, np.ndarray]:
+        """(x, p(x)) on `points` evenly spaced x from lo to hi; float64, shape (points,) each."""
+        x = np.linspace(lo, hi, points)
+        return x, self.task.pdf(x)
+
+    def w1(self, samples: np.ndarray) -> float | None:
+        """W1 between the samples and the reference; None when a sample is NaN or infinite."""
+        try:
+            return w1_to_cdf(samples, self.task)
+        except ValueError:  # non-finite samples: no distance to report
+            return None
+
+
+def task_metadata(model: LoadedModel) -> dict[str, Any]:
+    """The checkpoint's own `task` metadata (the public ModelInfo may leave out `kde_points`)."""
+    task = model.checkpoint.metadata.get("task")
+    return task if isinstance(task, dict) else {}
+
+
+def reference_for(task: dict[str, Any]) -> Reference | None:
+    """The reference of a model with checkpoint metadata `task`, or None when it has none."""
+    if task.get("kind") == "data" or KDE_POINTS_KEY in task:
+        values = _kde_points(task.get(KDE_POINTS_KEY))
+        if values is None:
+            return None
+        return Reference(EmpiricalTask(values, name=str(task.get("name") or "data")), "kde")
+    builtin = TASKS.get(str(task.get("name")))
+    return None if builtin is None else Reference(builtin, "exact")
+
+
+def no_reference_reason(task: dict[str, Any]) -> str:
+    """Why `reference_for(task)` is None, for a 404 message."""
+    if task.get("kind") == "data" or KDE_POINTS_KEY in task:
+        return (
+            f"it was trained on user data and its checkpoint stores no usable '{KDE_POINTS_KEY}' "
+            "(at least 2 finite training values) to estimate the data's density from"
+        )
+    valid = ", ".join(sorted(TASKS))
+    return f"its task {str(task.get('name'))[:80]!r} is not a built-in task ({valid})"
+
+
+def _kde_points(raw: Any) -> np.ndarray | None:
+    """The stored training values as a sorted float64 array (at most MAX_KDE_POINTS), or None."""
+    if not isinstance(raw, list) or len(raw) < 2:
+        return None
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in raw):
+        logger.warning("kde_points ignored: not a list of finite numbers")
+        return None
+    values = np.sort(np.asarray(raw, dtype=np.float64))
+    if values.size > MAX_KDE_POINTS:
+        values = values[np.round(np.linspace(0, values.size - 1, MAX_KDE_POINTS)).astype(np.int64)]
+    if values[0] == values[-1]:  # a KDE of identical values has no bandwidth
+        return None
+    return values
+
+
+def measure(task: dict[str, Any], samples: np.ndarray) -> tuple[ReferenceSource | None, float | None]:
+    """(source, W1) of the samples against the reference of a model with metadata `task`, or (None, None)."""
+    reference = reference_for(task)
+    if reference is None:
+        return None, None
+    return reference.source, reference.w1(samples)

@@ -1,0 +1,312 @@
+"""The explorer's endpoints in-process: the page, /models/{name}/density, /evaluate and /plot.png."""
+
+import io
+import os
+import re
+import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from ctm_core.checkpoint import build_model, checkpoint_metadata, save_checkpoint
+from ctm_core.config import NetworkConfig, NoiseConfig
+from ctm_core.metrics import w1_to_cdf, w1_two_sample
+from ctm_core.tasks import get_task
+from service.app import create_app
+from service.config import Settings
+from service.plotting import evenly, histogram_bins, view_range
+from service.reference import MAX_KDE_POINTS, reference_for
+from service.schemas import DensityResponse, EvaluateResponse
+
+pytestmark = pytest.mark.anyio
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# Training values stored in the user-data fixture: two clusters, at -1 and 2.
+KDE_POINTS = np.sort(np.concatenate([np.linspace(-1.5, -0.5, 60), np.linspace(1.5, 2.5, 40)]))
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("CTM_"):
+            monkeypatch.delenv(key)
+
+
+def write_data_checkpoint(path: Path, kde_points: list[float] | None) -> Path:
+    """An untrained model "trained on user data", storing `kde_points` in its task metadata (if given)."""
+    network = NetworkConfig(width=16, depth=2)
+    noise = NoiseConfig(sigma_min=0.002, sigma_max=10.0, sigma_data=1.0)
+    task: dict[str, Any] = {"name": path.stem, "kind": "data", "description": "user data"}
+    if kde_points is not None:
+        task["kde_points"] = kde_points
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        student = build_model(network, 1.0)
+    metadata = checkpoint_metadata(network=network, noise=noise, task=task, created_at="2024-01-01T00:00:00")
+    save_checkpoint(path, student=student, teacher=None, metadata=metadata)
+    return path
+
+
+@pytest.fixture(scope="module")
+def _explorer_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("explorer_checkpoints")
+    write_data_checkpoint(folder / "mydata.safetensors", KDE_POINTS.tolist())
+    write_data_checkpoint(folder / "bare_data.safetensors", None)
+    return folder
+
+
+@pytest.fixture
+def explorer_dir(checkpoint_dir: Path, _explorer_checkpoints: Path) -> Path:
+    """conftest's two_gmm_1D (a built-in task) and gauss_1D (no reference), plus two user-data models."""
+    for path in _explorer_checkpoints.iterdir():
+        shutil.copy(path, checkpoint_dir / path.name)
+    return checkpoint_dir
+
+
+@asynccontextmanager
+async def serve(checkpoint_dir: Path, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(Settings(checkpoint_dir=checkpoint_dir, **settings))
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
+    ):
+        yield client
+
+
+@pytest.fixture
+async def client(explorer_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
+    async with serve(explorer_dir) as client:
+        yield client
+
+
+async def get_json(client: httpx.AsyncClient, url: str, params: dict[str, Any] | None = None) -> Any:
+    response = await client.get(url, params=params)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    return response.json()
+
+
+async def detail(client: httpx.AsyncClient, url: str, params: dict[str, Any], status: int) -> Any:
+    response = await client.get(url, params=params)
+    assert response.status_code == status, response.text
+    return response.json()["detail"]
+
+
+# --- the page --------------------------------------------------------------------------------------
+
+
+async def test_page_has_the_controls_and_only_local_assets(client: httpx.AsyncClient) -> None:
+    response = await client.get("/")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    html = response.text
+    for control in ("model", "sampler", "steps", "n", "gamma", "seed", "noise", "sample"):
+        assert f'id="{control}"' in html
+    for view in ("density", "paths"):
+        assert f'<svg id="{view}"' in html
+    # No CDN, no internet: every linked resource is served by this server (or inline).
+    links = re.findall(r'(?:src|href)="([^"]*)"', html)
+    assert links and all(link.startswith(("/", "data:")) for link in links), links
+    for asset, kind in (("explorer.js", "text/javascript"), ("explorer.css", "text/css")):
+        served = await client.get(f"/static/{asset}")
+        assert served.status_code == 200
+        assert served.headers["content-type"].startswith(kind)
+        assert f"/static/{asset}" in html
+    script = (await client.get("/static/explorer.js")).text
+    assert re.findall(r"https?://[^\s\"'`]+", script) == ["http://www.w3.org/2000/svg"]
+    for missing in ("/static/explorer.html", "/static/nothing.js", "/static/..%2Fapp.py"):
+        assert (await client.get(missing)).status_code == 404
+
+
+# --- /models/{name}/density ------------------------------------------------------------------------
+
+
+async def test_density_is_the_exact_task_density(client: httpx.AsyncClient) -> None:
+    body = await get_json(client, "/models/two_gmm_1D/density", {"lo": -3, "hi": 2.5, "points": 12})
+    DensityResponse.model_validate(body)
+    assert (body["model"], body["source"], body["label"]) == ("two_gmm_1D", "exact", "true density")
+    x = np.linspace(-3, 2.5, 12)
+    np.testing.assert_allclose(body["x"], x, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(body["density"], get_task("two_gmm_1D").pdf(x), rtol=1e-12, atol=0)
+
+    default = await get_json(client, "/models/two_gmm_1D/density")
+    assert len(default["x"]) == len(default["density"]) == 400
+    # The default grid holds the bulk of both modes (±1.5, std 0.3) and decays to ~0 at its ends.
+    assert default["x"][0] < -2.2 and default["x"][-1] > 2.2
+    assert max(default["density"][0], default["density"][-1]) < 1e-3
+
+
+async def test_density_of_user_data_is_a_labelled_kde(client: httpx.AsyncClient) -> None:
+    body = await get_json(client, "/models/mydata/density", {"lo": -3, "hi": 4, "points": 50})
+    assert (body["source"], body["label"]) == ("kde", "KDE of the training data")
+    x = np.linspace(-3, 4, 50)
+    np.testing.assert_allclose(body["density"], stats.gaussian_kde(KDE_POINTS)(x), rtol=1e-9)
+    default = await get_json(client, "/models/mydata/density", {"points": 2})
+    assert default["x"][0] < KDE_POINTS[0] and default["x"][-1] > KDE_POINTS[-1]
+
+
+async def test_density_errors(client: httpx.AsyncClient) -> None:
+    url = "/models/two_gmm_1D/density"
+    unknown = await detail(client, "/models/nope/density", {}, 404)
+    assert "unknown model 'nope'" in unknown and "two_gmm_1D" in unknown
+    assert "not a built-in task" in await detail(client, "/models/gauss_1D/density", {}, 404)
+    assert "kde_points" in await detail(client, "/models/bare_data/density", {}, 404)
+    assert "lo must be below hi" in await detail(client, url, {"lo": 1, "hi": 1}, 422)
+    assert "lo must be below hi" in await detail(client, url, {"lo": 2, "hi": -2}, 422)
+    assert "hi − lo finite" in await detail(client, url, {"lo": -1e308, "hi": 1e308}, 422)
+    assert "both lo and hi" in await detail(client, url, {"lo": 0}, 422)
+    assert "both lo and hi" in await detail(client, url, {"hi": 0}, 422)
+    for params in ({"lo": "nan", "hi": 1}, {"lo": 0, "hi": "inf"}, {"points": 1}, {"points": 10_001}):
+        errors = await detail(client, url, params, 422)
+        assert isinstance(errors, list) and errors[0]["loc"][0] == "query"
+    assert len((await get_json(client, url, {"points": 10_000}))["x"]) == 10_000
+
+
+# --- /evaluate -------------------------------------------------------------------------------------
+
+
+async def test_evaluate_measures_the_samples_of_sample(client: httpx.AsyncClient) -> None:
+    params = {"sampler": "gamma", "steps": 3, "n": 300, "seed": 11, "gamma": 0.3}
+    body = await get_json(client, "/evaluate", params)
+    EvaluateResponse.model_validate(body)
+    samples = np.asarray((await get_json(client, "/sample", params))["samples"])
+    expected = {"model": "two_gmm_1D", "sampler": "gamma", "steps": 3, "nfe": 3, "n": 300, "seed": 11}
+    assert body.items() >= {**expected, "noise": "random", "reference": "exact"}.items()
+    assert body["w1"] == pytest.approx(w1_to_cdf(samples, get_task("two_gmm_1D")), rel=1e-9)
+
+    data = {"model": "mydata", "n": 200, "seed": 3}
+    body = await get_json(client, "/evaluate", data)
+    samples = np.asarray((await get_json(client, "/sample", data))["samples"])
+    assert body["reference"] == "kde"
+    assert body["w1"] == pytest.approx(w1_two_sample(samples, KDE_POINTS), rel=1e-9)
+
+    for model in ("gauss_1D", "bare_data"):
+        body = await get_json(client, "/evaluate", {"model": model, "n": 5})
+        assert (body["reference"], body["w1"]) == (None, None)
+
+
+async def test_evaluate_validates_like_sample(client: httpx.AsyncClient) -> None:
+    assert "exactly 1 step" in await detail(client, "/evaluate", {"steps": 2}, 422)
+    assert "unknown model" in await detail(client, "/evaluate", {"model": "nope"}, 404)
+    for params in ({"n": 0}, {"gamma": 1.5}, {"sampler": "rk4"}, {"seed": -1}):
+        assert isinstance(await detail(client, "/evaluate", params, 422), list)
+
+
+# --- /plot.png -------------------------------------------------------------------------------------
+
+
+async def png(client: httpx.AsyncClient, params: dict[str, Any]) -> np.ndarray:
+    response = await client.get("/plot.png", params=params)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    assert response.content.startswith(PNG_MAGIC)
+    return matplotlib.image.imread(io.BytesIO(response.content), format="png")
+
+
+async def test_plot_png(client: httpx.AsyncClient) -> None:
+    both = await png(client, {"sampler": "multistep", "steps": 4, "n": 500, "seed": 1})
+    density = await png(client, {"model": "mydata", "sampler": "euler", "steps": 6, "view": "density"})
+    paths = await png(client, {"model": "gauss_1D", "sampler": "heun", "steps": 3, "view": "paths"})
+    # One panel is about half as wide as two, at the same height.
+    assert both.shape[0] == density.shape[0] == paths.shape[0]
+    assert density.shape[1] == paths.shape[1] < 0.6 * both.shape[1]
+    # Not a blank canvas.
+    assert both[..., :3].std() > 0.05
+
+
+async def test_plot_png_validates_like_trajectory(explorer_dir: Path) -> None:
+    async with serve(explorer_dir, max_trajectory_values=5_000) as client:
+        assert "unknown model" in await detail(client, "/plot.png", {"model": "nope"}, 404)
+        assert "exactly 1 step" in await detail(client, "/plot.png", {"steps": 3}, 422)
+        too_many = await detail(client, "/plot.png", {"sampler": "euler", "steps": 9, "n": 600}, 422)
+        assert "CTM_MAX_TRAJECTORY_VALUES" in too_many
+        for params in ({"n": 20_001}, {"gamma": 2}, {"view": "both-ish"}, {"noise": "pink"}):
+            assert isinstance(await detail(client, "/plot.png", params, 422), list)
+
+
+# --- OpenAPI ---------------------------------------------------------------------------------------
+
+
+async def test_openapi_declares_the_explorer_endpoints(client: httpx.AsyncClient) -> None:
+    schema = await get_json(client, "/openapi.json")
+    paths = schema["paths"]
+    assert "text/html" in paths["/"]["get"]["responses"]["200"]["content"]
+    assert not any(path.startswith("/static") for path in paths)
+
+    density = paths["/models/{name}/density"]["get"]
+    assert set(density["responses"]) == {"200", "404", "422"}
+    params = {p["name"]: p["schema"] for p in density["parameters"]}
+    assert (params["points"]["minimum"], params["points"]["maximum"], params["points"]["default"]) == (
+        2,
+        10_000,
+        400,
+    )
+
+    evaluate = paths["/evaluate"]["get"]
+    assert set(evaluate["responses"]) == {"200", "404", "422"}
+    assert {p["name"] for p in evaluate["parameters"]} == {
+        "model",
+        "sampler",
+        "steps",
+        "n",
+        "seed",
+        "gamma",
+        "noise",
+    }
+    assert set(schema["components"]["schemas"]["EvaluateResponse"]["properties"]) >= {
+        "w1",
+        "reference",
+        "nfe",
+    }
+
+    plot = paths["/plot.png"]["get"]
+    assert "image/png" in plot["responses"]["200"]["content"]
+    params = {p["name"]: p["schema"] for p in plot["parameters"]}
+    assert params["n"]["maximum"] == 20_000
+    assert params["view"]["enum"] == ["both", "density", "paths"]
+    # /sample keeps its own limit.
+    sample = {p["name"]: p["schema"] for p in paths["/sample"]["get"]["parameters"]}
+    assert sample["n"]["maximum"] == 100_000
+
+
+# --- the library behind them -----------------------------------------------------------------------
+
+
+def test_reference_for_checkpoint_metadata() -> None:
+    assert reference_for({"name": "two_gmm_1D"}).source == "exact"
+    assert reference_for({"name": "two_gmm_1D", "kind": "gaussian_mixture"}).source == "exact"
+    assert reference_for({"name": "two_gmm_1D", "kind": "data"}) is None  # user data named like a task
+    assert reference_for({"name": "unknown"}) is None
+    for bad in ([1.0], [1.0, "2"], [1.0, float("nan")], [True, False], [2.0, 2.0], "1,2"):
+        assert reference_for({"kind": "data", "kde_points": bad}) is None
+    many = reference_for({"kind": "data", "kde_points": np.arange(5_001.0)[::-1].tolist()})
+    assert many is not None and many.source == "kde"
+    values = many.task.values
+    assert values.size == MAX_KDE_POINTS and (values[0], values[-1]) == (0.0, 5_000.0)
+    assert np.all(np.diff(values) > 0)
+
+
+def test_view_range_joins_samples_and_reference() -> None:
+    samples = np.linspace(0.0, 1.0, 1001)
+    lo, hi = view_range(samples, (-5.0, 0.5))
+    assert lo == -5.0 and hi == pytest.approx(1.0 - 0.001 + 0.1 * 0.998)
+    assert view_range(np.array([np.nan, np.inf]), None) == (-1.0, 1.0)
+    assert view_range(np.full(10, 3.0), None)[0] < 3.0 < view_range(np.full(10, 3.0), None)[1]
+    assert (histogram_bins(1), histogram_bins(1000), histogram_bins(10**6)) == (20, 47, 120)
+    rows = np.arange(1000)[:, None]
+    assert evenly(rows, 300)[[0, 1, -1], 0].tolist() == [0, 3, 999]  # both tails, not the first 300
+    assert evenly(rows[:7], 300).shape == (7, 1)
