@@ -55,24 +55,27 @@ class TeacherConfig(_Strict):
 
     steps: int = Field(4000, ge=0)
     batch_size: int = Field(1024, ge=1)
-    lr: float = Field(2e-3, gt=0)
+    lr: float = Field(3e-3, gt=0)
     p_mean: float = -0.6
     p_std: float = Field(1.6, gt=0)
     eval_ema: float = Field(0.99, ge=0, lt=1)
+    stable_target: bool = True
+    reference_size: int = Field(0, ge=0)
 
 
 class CTMConfig(_Strict):
     """Phase 2: the CTM student, soft consistency loss + λ_DSM·DSM."""
 
-    steps: int = Field(2000, ge=0)
+    steps: int = Field(2500, ge=0)
     batch_size: int = Field(512, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-2, gt=0)
     lambda_dsm: float = Field(0.1, ge=0)
-    intermediate_weight: float = Field(0.0, ge=0)
+    stable_target: bool = True
+    intermediate_weight: float = Field(1.0, ge=0)
     target_ema: float = Field(0.0, ge=0, lt=1)
     eval_ema: float = Field(0.99, ge=0, lt=1)
     grid_points: int = Field(40, ge=3, le=4096)
-    end_probability: float = Field(0.5, ge=0, le=1)
+    end_probability: float = Field(0.3, ge=0, le=1)
     start_probability: float = Field(0.0, ge=0, le=1)
     direct_probability: float = Field(0.0, ge=0, le=1)
     pool_size: int = Field(8192, ge=16)

@@ -150,8 +150,15 @@ class Trainer:
             bar.close()
 
     def _teacher_step(self, step: int) -> float:
-        x0 = self.sample_data(self.config.teacher.batch_size, self.generator).to(self.device)
-        loss = self.dsm_teacher(self.online, x0, self.generator)
+        cfg = self.config.teacher
+        x0 = self.sample_data(cfg.batch_size, self.generator).to(self.device)
+        reference = None
+        if cfg.stable_target:
+            reference = x0
+            if cfg.reference_size:
+                extra = self.sample_data(cfg.reference_size, self.generator).to(self.device)
+                reference = torch.cat([x0, extra])
+        loss = self.dsm_teacher(self.online, x0, self.generator, reference)
         self._optimise(loss)
         ema_update(self.teacher_eval, self.online, self.config.teacher.eval_ema)
         return loss.item()
@@ -191,7 +198,8 @@ class Trainer:
         loss = self.consistency(self.online, self.target, x_t, t, x_u, u, s)
         if cfg.lambda_dsm > 0:
             x0 = self.sample_data(batch, self.generator).to(self.device)
-            loss = loss + cfg.lambda_dsm * self.dsm_teacher(self.online, x0, self.generator)
+            reference = x0 if cfg.stable_target else None
+            loss = loss + cfg.lambda_dsm * self.dsm_teacher(self.online, x0, self.generator, reference)
         self._optimise(loss)
         ema_update(self.target, self.online, cfg.target_ema)
         ema_update(self.student_eval, self.online, cfg.eval_ema)
