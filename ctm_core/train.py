@@ -15,11 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import ValidationError
+from scipy import stats
 
 from ctm_core.checkpoint import CheckpointError, checkpoint_metadata, load_checkpoint, save_checkpoint
-from ctm_core.config import TrainConfig
+from ctm_core.config import NoiseConfig, TrainConfig
 from ctm_core.data import DataFileError, data_statistics, load_data_file, split_holdout
 from ctm_core.evaluation import evaluate, format_table
+from ctm_core.likelihood import log_prob
+from ctm_core.parametrization import CTMParametrization
 from ctm_core.tasks import TASKS, EmpiricalTask, Task, get_task
 from ctm_core.trainer import Trainer
 
@@ -189,6 +192,11 @@ def load_task(config: TrainConfig) -> tuple[Task, np.ndarray | None, dict[str, A
         "holdout": config.holdout,
         "n_train": int(train.size),
         "n_holdout": int(holdout.size),
+        # A rank-even subset of the training values: enough for a KDE reference in the explorer.
+        "kde_points": [
+            float(v)
+            for v in np.sort(train)[np.linspace(0, train.size - 1, min(train.size, 2000)).astype(int)]
+        ],
     }
     return task, holdout, info
 
@@ -257,7 +265,7 @@ def _train(args: argparse.Namespace) -> int:
         _resume(trainer, args.resume, config)
 
     def save(final: bool) -> None:
-        metrics = {"rows": rows} if final else {}
+        metrics = {"rows": rows, "heldout_log_likelihood": likelihood or None} if final else {}
         meta = checkpoint_metadata(
             network=config.network,
             noise=config.noise,
@@ -278,6 +286,7 @@ def _train(args: argparse.Namespace) -> int:
             save(final=False)
 
     rows: list[dict[str, Any]] = []
+    likelihood: dict[str, float] = {}
     started = time.perf_counter()
     interrupted = _install_sigint()
     try:
@@ -296,16 +305,27 @@ def _train(args: argparse.Namespace) -> int:
     print(f"trained {task_info['name']} ({config.mode}) in {train_seconds:.1f} s of wall time")
 
     if args.eval_n:
-        rows = evaluate(
-            trainer.student_eval,
-            trainer.teacher_eval if config.mode == "distill" else None,
-            config.noise,
-            task,
-            n=args.eval_n,
-            holdout=holdout,
-            exact=config.data is None,
-        )
+        try:
+            rows = evaluate(
+                trainer.student_eval,
+                trainer.teacher_eval if config.mode == "distill" else None,
+                config.noise,
+                task,
+                n=args.eval_n,
+                holdout=holdout,
+                exact=config.data is None and task.kind == "gaussian_mixture",
+            )
+        except ValueError as exc:  # non-finite samples: the run diverged; keep what it learned
+            save(final=True)
+            print(f"error: evaluation failed ({exc}); training diverged? saved {out} anyway", file=sys.stderr)
+            return 1
         print(format_table(rows))
+    if holdout is not None and holdout.size:
+        likelihood.update(heldout_log_likelihood(trainer.student_eval, config.noise, task, holdout))
+        print(
+            f"held-out mean log-likelihood ({holdout.size} values): model {likelihood['model']:.4f}, "
+            f"gaussian_kde (Scott) {likelihood['kde']:.4f} nats"
+        )
     save(final=True)
     print(f"saved {out}")
     if args.plots is not None:
@@ -318,6 +338,22 @@ def _train(args: argparse.Namespace) -> int:
         for path in figures:
             print(f"wrote {path}")
     return 0
+
+
+def heldout_log_likelihood(
+    model: CTMParametrization, noise: NoiseConfig, task: EmpiricalTask, holdout: np.ndarray
+) -> dict[str, float]:
+    """Mean log p(holdout) under the model's PF-ODE and under a Scott's-rule KDE of the training split."""
+    logp = log_prob(
+        model,
+        torch.as_tensor(holdout, dtype=torch.float32),
+        noise.sigma_min,
+        noise.sigma_max,
+        rho=noise.rho,
+        data_mean=noise.data_mean or 0.0,
+    )
+    kde = stats.gaussian_kde(task.values, bw_method="scott")
+    return {"model": float(logp.mean()), "kde": float(kde.logpdf(holdout).mean())}
 
 
 def _resume(trainer: Trainer, path: Path, config: TrainConfig) -> None:

@@ -10,13 +10,16 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI, Request, status
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from ctm_core import __version__
-from service.api.routes import explorer, health, metrics, models, reference, sampling
+from service.api.routes import admin, explorer, health, likelihood, metrics, models, reference, sampling
 from service.config import Settings
 from service.inference import InferenceEngine, resolve_device, torch_threads_for
+from service.lifecycle import RequestTimeoutMiddleware, checkpoint_poller, document_responses
 from service.registry import ModelRegistry
+from service.security import APIKeyMiddleware, cors_options
 from service.telemetry import MetricsMiddleware, Telemetry, configure_logging
 
 logger = logging.getLogger(__name__)
@@ -50,7 +53,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.inference_threads,
     )
     try:
-        yield
+        async with checkpoint_poller(app):
+            yield
     finally:
         engine.shutdown()
         logger.info("service stopped")
@@ -79,13 +83,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.registry = ModelRegistry()
     app.state.telemetry = Telemetry()
+    # Outermost last: CORS (answers preflights), metrics (counts 401 and 503 too), API key, time limit.
+    app.add_middleware(RequestTimeoutMiddleware, seconds=settings.request_timeout_s)
+    if settings.api_key is not None:
+        app.add_middleware(APIKeyMiddleware, api_key=settings.api_key)
     app.add_middleware(MetricsMiddleware, telemetry=app.state.telemetry)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, **cors_options(settings))
     app.include_router(sampling.create_router(settings))
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(reference.create_router(settings))
+    app.include_router(likelihood.router)
     app.include_router(explorer.create_router(settings))
+    app.include_router(admin.create_router(settings))
+    document_responses(app)
     return app
 
 
