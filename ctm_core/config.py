@@ -75,9 +75,10 @@ class CTMConfig(_Strict):
     target_ema: float = Field(0.0, ge=0, lt=1)
     eval_ema: float = Field(0.99, ge=0, lt=1)
     grid_points: int = Field(40, ge=3, le=4096)
+    schedule_steps: tuple[int, ...] = Field((), max_length=64)
     end_probability: float = Field(0.3, ge=0, le=1)
-    start_probability: float = Field(0.0, ge=0, le=1)
-    direct_probability: float = Field(0.0, ge=0, le=1)
+    start_probability: float = Field(0.2, ge=0, le=1)
+    direct_probability: float = Field(0.5, ge=0, le=1)
     pool_size: int = Field(8192, ge=16)
     scratch_max_jump: int = Field(1, ge=1)
 

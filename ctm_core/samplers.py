@@ -1,8 +1,10 @@
 """CTM samplers and PF-ODE solvers; each returns the whole trajectory and its NFE.
 
-Every sampler shares one signature, `sample_x(model, x, sigmas, generator=None, gamma=0.0)`:
-`model` has `jump(x, t, s)` (the CTM jump G) and/or `denoise(x, t)` (the denoiser D), `x` is the
-latent x_T at sigmas[0], shape (n,), and `sigmas` runs from σ_max down to σ_min, shape (K + 1,).
+Every sampler shares one signature, `sample_x(model, x, sigmas, generator=None, gamma=0.0,
+noise_sampler=None)`: `model` has `jump(x, t, s)` (the CTM jump G) and/or `denoise(x, t)` (the
+denoiser D), `x` is the latent x_T at sigmas[0], shape (n,), and `sigmas` runs from σ_max down to
+σ_min, shape (K + 1,). A stochastic sampler draws its fresh N(0, 1) noise shaped like x from
+`noise_sampler(x)` if given (e.g. one generator per block of rows), else from `generator`.
 """
 
 import itertools
@@ -16,6 +18,7 @@ from ctm_core.schedules import get_sigmas
 
 NoiseMode = Literal["random", "quantile"]
 SamplerName = Literal["onestep", "multistep", "gamma", "euler", "heun"]
+NoiseSampler = Callable[[torch.Tensor], torch.Tensor]  # x ↦ fresh N(0, 1) noise shaped like x
 
 
 class Jumper(Protocol):
@@ -50,6 +53,7 @@ def sample_onestep(
     sigmas: torch.Tensor,
     generator: torch.Generator | None = None,
     gamma: float = 0.0,
+    noise_sampler: NoiseSampler | None = None,
 ) -> Trajectory:
     """CTM one-step generation: x = G(x_T, σ_max, σ_min) (Kim et al. 2023, sec. 4). NFE 1."""
     ends = torch.stack([sigmas[0], sigmas[-1]])
@@ -63,6 +67,7 @@ def sample_multistep(
     sigmas: torch.Tensor,
     generator: torch.Generator | None = None,
     gamma: float = 0.0,
+    noise_sampler: NoiseSampler | None = None,
 ) -> Trajectory:
     """Deterministic CTM multistep sampling: x ← G(x, τ_i, τ_{i+1}) (Algorithm 3 with γ = 0)."""
     states = [x]
@@ -78,12 +83,14 @@ def sample_gamma(
     sigmas: torch.Tensor,
     generator: torch.Generator | None = None,
     gamma: float = 0.5,
+    noise_sampler: NoiseSampler | None = None,
 ) -> Trajectory:
     """γ-sampling, Algorithm 3 of Kim et al. (2023): jump to √(1−γ²)·τ_{i+1}, then renoise to τ_{i+1}.
 
     The intermediate target is kept ≥ σ_min (γ = 1 would otherwise ask for time 0), and the fresh
     noise restores exactly the marginal level τ_{i+1}: std √(τ_{i+1}² − s²), which is γ·τ_{i+1}
-    whenever s is not clamped. The last step jumps straight to σ_min. NFE K.
+    whenever s is not clamped. The last step jumps straight to σ_min. NFE K. The fresh noise
+    comes from `noise_sampler(x)` when given (k-diffusion's convention), else from `generator`.
     """
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma must be in [0, 1], got {gamma}")
@@ -98,8 +105,11 @@ def sample_gamma(
             s = torch.clamp((1 - gamma**2) ** 0.5 * level, min=sigma_end)
             x = model.jump(x, _level(t, x), _level(s, x))
             noise_std = (level**2 - s**2).clamp(min=0).sqrt()
-            # Noise is drawn on the CPU generator so a seed means the same on every device.
-            eps = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+            if noise_sampler is not None:
+                eps = noise_sampler(x)
+            else:
+                # Noise is drawn on the CPU generator so a seed means the same on every device.
+                eps = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
             x = x + _level(noise_std, x) * eps
         states.append(x)
     return Trajectory(sigmas, torch.stack(states), nfe=n_steps)
@@ -117,6 +127,7 @@ def sample_euler(
     sigmas: torch.Tensor,
     generator: torch.Generator | None = None,
     gamma: float = 0.0,
+    noise_sampler: NoiseSampler | None = None,
 ) -> Trajectory:
     """Euler steps on the PF-ODE (Karras et al. 2022, Algorithm 1 without the Heun correction). NFE K."""
     states = [x]
@@ -132,6 +143,7 @@ def sample_heun(
     sigmas: torch.Tensor,
     generator: torch.Generator | None = None,
     gamma: float = 0.0,
+    noise_sampler: NoiseSampler | None = None,
 ) -> Trajectory:
     """Heun's 2nd-order method (Karras et al. 2022, Algorithm 1); the last step is Euler. NFE 2K − 1."""
     states = [x]

@@ -21,7 +21,7 @@ from ctm_core.ema import ema_update
 from ctm_core.losses import ConsistencyLoss, DSMLoss
 from ctm_core.parametrization import CTMParametrization
 from ctm_core.samplers import sample_heun
-from ctm_core.schedules import karras_sigmas
+from ctm_core.schedules import get_sigmas, karras_sigmas
 
 # Called with (phase, step) after each step; returning True asks the loop to save a checkpoint.
 StepHook = Callable[["Trainer", str, int], None]
@@ -43,6 +43,19 @@ def cosine_lr(base: float, step: int, total: int, warmup: int = 100, floor: floa
         return base * (step + 1) / warmup
     progress = (step - warmup) / max(total - warmup, 1)
     return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def training_grid(config: TrainConfig) -> torch.Tensor:
+    """The CTM time grid, σ_max → σ_min, float64: a Karras grid of `grid_points`, merged with the
+    sampling schedules of `schedule_steps` steps so that the jumps the samplers make are trained."""
+    noise, ctm = config.noise, config.ctm
+    parts = [karras_sigmas(ctm.grid_points, noise.sigma_min, noise.sigma_max, noise.rho)]
+    parts += [
+        get_sigmas(noise.schedule, k + 1, noise.sigma_min, noise.sigma_max, noise.rho)
+        for k in ctm.schedule_steps
+    ]
+    merged = torch.cat(parts).unique()  # sorted ascending, exact duplicates (the ends) removed
+    return merged.flip(0)
 
 
 def draw_ctm_indices(
@@ -88,9 +101,7 @@ class Trainer:
         if noise.sigma_data is None or noise.data_mean is None:
             raise ValueError("config.noise.sigma_data and data_mean must be measured before training")
         sigma_data = noise.sigma_data
-        self.grid = karras_sigmas(config.ctm.grid_points, noise.sigma_min, noise.sigma_max, noise.rho).to(
-            device, torch.float32
-        )
+        self.grid = training_grid(config).to(device, torch.float32)
 
         torch.manual_seed(config.seed)  # weight initialisation
         self.generator = torch.Generator().manual_seed(config.seed)
