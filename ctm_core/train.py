@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from scipy import stats
 
 from ctm_core.checkpoint import CheckpointError, checkpoint_metadata, load_checkpoint, save_checkpoint
-from ctm_core.config import NoiseConfig, TrainConfig
+from ctm_core.config import NoiseConfig, TrainConfig, default_config
 from ctm_core.data import DataFileError, data_statistics, load_data_file, split_holdout
 from ctm_core.evaluation import evaluate, format_table
 from ctm_core.likelihood import log_prob
@@ -76,8 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.teacher.steps,
         help="phase 1 (teacher, DSM) optimiser steps",
     )
+    scratch = default_config("scratch").ctm
     run.add_argument(
-        "--ctm-steps", type=int, default=defaults.ctm.steps, help="phase 2 (CTM student) optimiser steps"
+        "--ctm-steps",
+        type=int,
+        default=None,
+        help=f"phase 2 (CTM student) optimiser steps (default {defaults.ctm.steps}; scratch {scratch.steps})",
     )
     run.add_argument(
         "--batch-size",
@@ -141,11 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The typed recipe: defaults, then the named flags, then --set overrides."""
-    raw: dict[str, Any] = TrainConfig().model_dump()
+    raw: dict[str, Any] = default_config(args.mode).model_dump()
     raw |= {"mode": args.mode, "holdout": args.holdout, "seed": args.seed, "device": args.device}
     raw["task"] = None if args.data else (args.task or "two_gmm_1D")
     raw["data"] = str(args.data) if args.data else None
-    raw["teacher"]["steps"], raw["ctm"]["steps"] = args.teacher_steps, args.ctm_steps
+    raw["teacher"]["steps"] = args.teacher_steps
+    if args.ctm_steps is not None:
+        raw["ctm"]["steps"] = args.ctm_steps
     for phase in ("teacher", "ctm"):
         if args.batch_size is not None:
             raw[phase]["batch_size"] = args.batch_size
@@ -274,7 +280,9 @@ def _train(args: argparse.Namespace) -> int:
         _resume(trainer, args.resume, config)
 
     def save(final: bool) -> None:
-        metrics = {"rows": rows, "heldout_log_likelihood": likelihood or None} if final else {}
+        metrics: dict[str, Any] = {}
+        if final:
+            metrics = {"rows": rows} | ({"heldout_log_likelihood": likelihood} if likelihood else {})
         meta = checkpoint_metadata(
             network=config.network,
             noise=config.noise,
