@@ -340,7 +340,7 @@ def _verdict(passed: bool | None, reference: str = "teacher") -> str:
 
 def summary_line(model: Model) -> str:
     s = summarise(model.rows)
-    train_s = _fmt(model.train_seconds, ".1f")
+    train_s = _fmt(model.train_seconds, ".3g")
     return (
         f"| {model.task.name} | {model.name} | {model.mode} | {_fmt(s.onestep, '.4f')} "
         f"| {_fmt(s.teacher_heun, '.4f')} | {_fmt(s.ratio, '.2f')} | {_fmt(s.best_jump.get(2), '.4f')} "

@@ -4,6 +4,7 @@ Flags override the `CTM_*` environment variables, which override the defaults in
 """
 
 import argparse
+import math
 import os
 import sys
 
@@ -18,8 +19,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ctm-serve",
         description="Serve CTM checkpoints (every *.safetensors in the checkpoint directory) over HTTP. "
         "Each flag overrides its CTM_* environment variable; the request limits "
-        "(CTM_MAX_N, CTM_MAX_STEPS, CTM_MAX_TRAJECTORY_VALUES) and thread counts "
-        "(CTM_INFERENCE_THREADS, CTM_TORCH_THREADS) are set through the environment.",
+        "(CTM_MAX_N, CTM_MAX_STEPS, CTM_MAX_TRAJECTORY_VALUES), thread counts "
+        "(CTM_INFERENCE_THREADS, CTM_TORCH_THREADS), time limit and hot reload "
+        "(CTM_REQUEST_TIMEOUT_S, CTM_RELOAD_POLL_S) and access (CTM_API_KEY, CTM_ADMIN_TOKEN, "
+        "CTM_CORS_ORIGINS) are set through the environment.",
     )
 
     def add(flag: str, field: str, text: str) -> None:
@@ -58,15 +61,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ctm-serve: {exc}", file=sys.stderr)
         return 2
 
-    common = {"host": settings.host, "port": settings.port, "log_level": settings.log_level}
-    if settings.workers > 1:
-        # Worker processes rebuild the app from the import string and read the settings from the environment.
-        os.environ.update(settings.to_env())
-        uvicorn.run("service.app:create_app", factory=True, workers=settings.workers, **common)
-    else:
-        from service.app import create_app
+    from service.lifecycle import exit_zero_after_sigterm
 
-        uvicorn.run(create_app(settings), **common)
+    common = {"host": settings.host, "port": settings.port, "log_level": settings.log_level}
+    if settings.request_timeout_s:
+        # On SIGTERM in-flight requests finish; none outlives its time limit, so neither does the stop.
+        common["timeout_graceful_shutdown"] = math.ceil(settings.request_timeout_s) + 5
+    with exit_zero_after_sigterm():
+        if settings.workers > 1:
+            # Worker processes rebuild the app from the import string and read the settings from the
+            # environment.
+            os.environ.update(settings.to_env())
+            uvicorn.run("service.app:create_app", factory=True, workers=settings.workers, **common)
+        else:
+            from service.app import create_app
+
+            uvicorn.run(create_app(settings), **common)
     return 0
 
 

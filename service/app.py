@@ -37,7 +37,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     registry: ModelRegistry = app.state.registry
     telemetry: Telemetry = app.state.telemetry
     device = resolve_device(settings.device)
-    engine = InferenceEngine(device, settings.inference_threads, torch_threads_for(settings))
+    engine = InferenceEngine(
+        device,
+        settings.inference_threads,
+        torch_threads_for(settings),
+        max_batch_rows=settings.batch_max_rows,
+    )
     app.state.engine = engine
     await anyio.to_thread.run_sync(registry.load_directory, settings.checkpoint_dir, device)
     telemetry.models_loaded.set(len(registry))

@@ -34,11 +34,15 @@ class Settings(BaseSettings):
         1_000_000, ge=2, description="Most values n × (steps + 1) in one /trajectory response."
     )
 
-    # Threads. Sampling runs on a dedicated pool of `inference_threads` threads (concurrent jobs per
-    # process); each job's PyTorch ops use `torch_threads` intra-op threads. 0 means
-    # CPUs available / (workers × inference_threads), at least 1, so the process does not oversubscribe.
+    # Threads. Sampling runs on a dedicated pool of `inference_threads` threads (concurrent batches per
+    # process); a batch's rows are shared out to `torch_threads` threads, each PyTorch op single-threaded
+    # (docs/PERFORMANCE.md). 0 means CPUs available / workers, at least 1: concurrent batches share
+    # those threads, so the process does not oversubscribe.
     inference_threads: int = Field(2, ge=1, le=64)
     torch_threads: int = Field(0, ge=0, le=256)
+    # Dynamic batching: requests that wait together for the pool and share model, sampler, steps and γ
+    # run as one batch of at most this many samples (docs/PERFORMANCE.md); 0: no batching.
+    batch_max_rows: int = Field(4096, ge=0, le=1_000_000)
 
     # Lifecycle (docs/RELIABILITY.md).
     request_timeout_s: float = Field(

@@ -1,20 +1,26 @@
-"""Sampling off the event loop: a dedicated thread pool runs `ctm_core.samplers.generate`.
+"""Sampling off the event loop: one executor runs the jobs, batching concurrent compatible ones.
 
-Threads, chosen deliberately: `inference_threads` jobs run at once per process, each with
-`torch_threads` intra-op threads (set in every pool thread, since OpenMP keeps that count per
-thread), so jobs × intra-op threads ≈ the CPUs one worker process owns. PyTorch releases the GIL
-inside its kernels, so the event loop keeps answering (e.g. /healthz) while a large job runs.
-Networks run under `torch.inference_mode` (inside `generate`) and are loaded in eval mode.
+Threads, chosen by measurement (docs/PERFORMANCE.md): `inference_threads` batches run at once per
+process; the rows of each are shared out to the runtime's `torch_threads` threads
+(`service.runtime.ROWS`, shared by the batches of the process), every PyTorch op single-threaded,
+so that one large job uses every CPU the worker process owns and two large jobs share them.
+PyTorch releases the GIL inside its kernels, so the event loop keeps answering (e.g. /healthz)
+while a large job runs.
 
-Every job is one `SamplingJob` carrying its resolved model, so later features (batching concurrent
-small jobs, other kinds of jobs such as log-likelihoods) change this module, not the routes.
+Jobs that wait for the executor together and share model, sampler, steps and γ run as one batch
+(`service.batching`): their latents are concatenated, the network runs once per step on all of
+them, and each job gets its own columns back. Every job's latent and γ-noise come from its own
+seeded generator, in the order `ctm_core.samplers.generate` draws them, and the runtime computes a
+row the same way whatever else is in the batch (`service.runtime`), so a request gives the same
+samples alone, batched, or under any load. The network is the folded runtime built from the
+checkpoint's weights (`service.runtime`), under `torch.inference_mode`.
 """
 
 import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -22,9 +28,12 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from ctm_core.samplers import NoiseMode, SamplerName, generate
+from ctm_core.samplers import SAMPLERS, NoiseMode, SamplerName, latent
+from ctm_core.schedules import get_sigmas
+from service.batching import Batcher
 from service.config import DeviceName, Settings
 from service.registry import LoadedModel
+from service.runtime import ROWS, Runtimes, aligned
 
 logger = logging.getLogger(__name__)
 
@@ -74,57 +83,147 @@ def resolve_device(name: DeviceName) -> torch.device:
 
 
 def torch_threads_for(settings: Settings) -> int:
-    """Intra-op threads per job: the setting, or the CPUs we may use split over workers and jobs."""
+    """Threads that share out a batch's rows: the setting, or the CPUs we may use split over workers.
+
+    Concurrent batches of one process share these threads (`service.runtime.ROWS`).
+    """
     if settings.torch_threads:
         return settings.torch_threads
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cpus // (settings.workers * settings.inference_threads))
+    return max(1, cpus // settings.workers)
+
+
+def use_threads(threads: int) -> None:
+    """Sample in this process as the service does: PyTorch ops single-threaded in the calling
+    thread, a large input's rows shared out to `threads` threads."""
+    torch.set_num_threads(1)
+    ROWS.configure(threads)
+
+
+# Most rows in one batch: past this, batching saves no per-call overhead worth the wait it adds
+# to the batch's first job (docs/PERFORMANCE.md).
+MAX_BATCH_ROWS = 4096
+RUNTIMES = Runtimes()
+
+
+class RowNoise:
+    """γ-sampling's fresh noise for a batch: each job's rows from its own generator, in its order."""
+
+    def __init__(self, generators: Sequence[torch.Generator], sizes: Sequence[int], padding: int) -> None:
+        self.generators = generators
+        self.sizes = sizes
+        self.padding = padding
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        # The draw `generate` makes for a job of n rows: torch.randn((n,), generator=its generator).
+        pairs = zip(self.generators, self.sizes, strict=True)
+        parts = [torch.randn((n,), generator=g, dtype=x.dtype) for g, n in pairs]
+        if self.padding:
+            parts.append(torch.zeros(self.padding, dtype=x.dtype))
+        return torch.cat(parts).to(x.device)
+
+
+def check_job(job: SamplingJob) -> None:
+    """ValueError for arguments `ctm_core.samplers.generate` refuses (the routes validate them first)."""
+    if job.sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {job.sampler!r}; choose one of {sorted(SAMPLERS)}")
+    if job.steps < 1:
+        raise ValueError(f"steps must be ≥ 1, got {job.steps}")
+    if job.sampler == "onestep" and job.steps != 1:
+        raise ValueError("the onestep sampler takes exactly 1 step")
+
+
+@torch.inference_mode()
+def run_batch(jobs: Sequence[SamplingJob], device: torch.device) -> list[SamplingResult]:
+    """Run jobs that share model, sampler, steps and γ as one sampler call; one result per job.
+
+    Each job's latent x_T and γ-noise come from its own generator seeded with its seed, drawn as
+    `ctm_core.samplers.generate` draws them; rows are padded to the runtime's alignment.
+    """
+    first = jobs[0]
+    check_job(first)
+    noise = first.model.checkpoint.noise
+    kwargs = noise.sampling_kwargs()
+    runtime, _ = RUNTIMES.get(first.model.network)
+    generators = [torch.Generator().manual_seed(job.seed) for job in jobs]
+    sizes = [job.n for job in jobs]
+    rows = sum(sizes)
+    padding = aligned(rows) - rows
+    parts = [
+        latent(job.n, noise.sigma_max, job.noise, generator, kwargs["data_mean"])
+        for job, generator in zip(jobs, generators, strict=True)
+    ]
+    if padding:
+        parts.append(torch.zeros(padding))
+    x = (torch.cat(parts) if len(parts) > 1 else parts[0]).to(device)
+    sigmas = get_sigmas(noise.schedule, first.steps + 1, noise.sigma_min, noise.sigma_max, noise.rho)
+    row_noise = RowNoise(generators, sizes, padding) if first.sampler == "gamma" else None
+    trajectory = SAMPLERS[first.sampler](runtime, x, sigmas, gamma=first.gamma, noise_sampler=row_noise)
+    states = trajectory.states.cpu().numpy()
+    sigmas_np = trajectory.sigmas.cpu().numpy()
+    results = []
+    start = 0
+    for job in jobs:
+        results.append(SamplingResult(job, trajectory.nfe, sigmas_np, states[:, start : start + job.n]))
+        start += job.n
+    return results
 
 
 def run_job(job: SamplingJob, device: torch.device) -> SamplingResult:
-    """Run one job synchronously (in a pool thread): the model's own noise range and schedule."""
-    noise = job.model.checkpoint.noise
-    trajectory = generate(
-        job.model.network,
-        job.sampler,
-        job.steps,
-        job.n,
-        **noise.sampling_kwargs(),
-        seed=job.seed,
-        noise=job.noise,
-        gamma=job.gamma,
-        device=device,
-    )
-    return SamplingResult(
-        job=job,
-        nfe=trajectory.nfe,
-        sigmas=trajectory.sigmas.cpu().numpy(),
-        states=trajectory.states.cpu().numpy(),
-    )
+    """Run one job synchronously (in a pool thread): the model's own noise range and schedule.
+
+    The same code path as a batch of one, so it gives what the job gets batched with others.
+    """
+    return run_batch([job], device)[0]
 
 
 class InferenceEngine:
-    """Runs sampling jobs on a dedicated thread pool and awaits them without blocking the loop."""
+    """Runs sampling jobs on a dedicated thread pool, batched, without blocking the event loop."""
 
-    def __init__(self, device: torch.device, inference_threads: int, torch_threads: int) -> None:
+    def __init__(
+        self,
+        device: torch.device,
+        inference_threads: int,
+        torch_threads: int,
+        max_batch_rows: int = MAX_BATCH_ROWS,
+    ) -> None:
         self.device = device
         self.torch_threads = torch_threads
-        self._previous_torch_threads = torch.get_num_threads()
-        torch.set_num_threads(torch_threads)
+        ROWS.configure(torch_threads)
         self._executor = ThreadPoolExecutor(
             max_workers=inference_threads,
             thread_name_prefix="ctm-inference",
-            initializer=torch.set_num_threads,
+            initializer=use_threads,
             initargs=(torch_threads,),
         )
+        self._batcher: Batcher[SamplingJob, SamplingResult] = Batcher(
+            self._executor,
+            self._run,
+            slots=inference_threads,
+            key=self._batch_key,
+            rows=lambda job: job.n,
+            max_rows=max_batch_rows,
+        )
+
+    def _batch_key(self, job: SamplingJob) -> Hashable | None:
+        """Jobs with equal keys may share a batch; None (run alone) until the model's runtime has
+        shown that batching leaves each row's value unchanged."""
+        if not RUNTIMES.known(job.model.network):
+            return None
+        # id(): the waiting jobs hold their models, so no two live models share an id.
+        return (id(job.model), job.sampler, job.steps, job.gamma)
+
+    def _run(self, jobs: list[SamplingJob]) -> list[SamplingResult]:
+        if len(jobs) == 1:
+            return [run_job(jobs[0], self.device)]
+        return run_batch(jobs, self.device)
 
     async def sample(self, job: SamplingJob) -> SamplingResult:
         """The trajectory for `job`; raises ValueError if ctm_core refuses the arguments."""
         start = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._executor, run_job, job, self.device)
+        result, batch = await self._batcher.submit(job)
         logger.info(
-            "sampled model=%s sampler=%s steps=%d n=%d seed=%d noise=%s nfe=%d seconds=%.4f",
+            "sampled model=%s sampler=%s steps=%d n=%d seed=%d noise=%s nfe=%d batch=%d seconds=%.4f",
             job.model.name,
             job.sampler,
             job.steps,
@@ -132,6 +231,7 @@ class InferenceEngine:
             job.seed,
             job.noise,
             result.nfe,
+            batch,
             time.perf_counter() - start,
         )
         return result
@@ -141,6 +241,5 @@ class InferenceEngine:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def shutdown(self) -> None:
-        """Stop taking jobs (running ones finish in their threads); restore PyTorch's thread count."""
+        """Stop taking jobs (running ones finish in their threads)."""
         self._executor.shutdown(wait=False, cancel_futures=True)
-        torch.set_num_threads(self._previous_torch_threads)

@@ -6,17 +6,16 @@ state that is not safe across the inference threads). The page at `/` draws the 
 
 import io
 import math
-from typing import Literal
+import threading
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.collections import LineCollection
-from matplotlib.figure import Figure
 
 from service.inference import SamplingResult
 from service.reference import Reference
+
+if TYPE_CHECKING:  # matplotlib is imported by the first figure: it costs the server's start 0.5 s and 45 MB
+    from matplotlib.axes import Axes
 
 PlotView = Literal["both", "density", "paths"]
 # Most paths drawn, evenly spaced in index; more would hide each other (the page draws as many).
@@ -64,7 +63,7 @@ def histogram_bins(n: int) -> int:
 
 
 def draw_density(
-    ax: Axes, samples: np.ndarray, reference: Reference | None, x_range: tuple[float, float]
+    ax: "Axes", samples: np.ndarray, reference: Reference | None, x_range: tuple[float, float]
 ) -> None:
     """Histogram of the samples (as a density over all n) and the reference density on top."""
     x = finite(samples)
@@ -87,11 +86,13 @@ def draw_density(
     ax.legend(fontsize=8, loc="upper right")
 
 
-def draw_paths(ax: Axes, sigmas: np.ndarray, paths: np.ndarray, x_range: tuple[float, float]) -> None:
+def draw_paths(ax: "Axes", sigmas: np.ndarray, paths: np.ndarray, x_range: tuple[float, float]) -> None:
     """Each path x(σ) from σ_max (top) to σ_min (bottom), on a log σ axis; paths (n, K + 1).
 
     The x axis is the density view's `x_range` widened, so more of each path's start shows.
     """
+    from matplotlib.collections import LineCollection
+
     shown = evenly(paths, MAX_PLOTTED_PATHS).astype(np.float64)
     # Colour by where each path ends in the data's range: which noise goes to which mode.
     position = np.nan_to_num((shown[:, -1] - x_range[0]) / (x_range[1] - x_range[0]), nan=0.5)
@@ -106,6 +107,8 @@ def draw_paths(ax: Axes, sigmas: np.ndarray, paths: np.ndarray, x_range: tuple[f
 
 def _path_colors(position: np.ndarray) -> np.ndarray:
     """RGBA colours along matplotlib's viridis map for positions in [0, 1]."""
+    from matplotlib import colormaps
+
     return colormaps["viridis"](0.1 + 0.8 * position)
 
 
@@ -116,14 +119,29 @@ def paths_range(x_range: tuple[float, float]) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
+# matplotlib's text layout (the mathtext parser behind log-axis tick labels) is not thread-safe:
+# concurrent renders on the inference threads failed with ParseException (found by benchmarks/load.py).
+_RENDER_LOCK = threading.Lock()
+
+
 def render_png(
     result: SamplingResult, reference: Reference | None, view: PlotView, w1: float | None
 ) -> bytes:
-    """The figure of one sampling run as PNG bytes."""
+    """The figure of one sampling run as PNG bytes (one figure at a time per process)."""
+    with _RENDER_LOCK:
+        return _render_png(result, reference, view, w1)
+
+
+def _render_png(
+    result: SamplingResult, reference: Reference | None, view: PlotView, w1: float | None
+) -> bytes:
     job = result.job
     samples = result.samples
     x_range = view_range(samples, reference.default_range() if reference else None)
     panels = ["density", "paths"] if view == "both" else [view]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(5.2 * len(panels), 4.2), dpi=_DPI)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]

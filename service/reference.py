@@ -10,13 +10,17 @@ the density, the two-sample W1 for distances. Any other model has no reference.
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from ctm_core.metrics import w1_to_cdf
-from ctm_core.tasks import TASKS, EmpiricalTask, Task
 from service.registry import LoadedModel
+
+if TYPE_CHECKING:
+    from ctm_core.tasks import Task
+
+# ctm_core.tasks and ctm_core.metrics import scipy.stats (0.6 s and 60 MB): imported by the first
+# request that needs a reference, not at the server's start.
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +38,7 @@ _LABELS: dict[ReferenceSource, str] = {"exact": "true density", "kde": "KDE of t
 class Reference:
     """The distribution a model's samples are compared with, and where it comes from."""
 
-    task: Task
+    task: "Task"
     source: ReferenceSource
 
     @property
@@ -44,6 +48,8 @@ class Reference:
 
     def default_range(self) -> tuple[float, float]:
         """An x interval holding the reference's bulk, with a margin on each side."""
+        from ctm_core.tasks import EmpiricalTask
+
         if isinstance(self.task, EmpiricalTask):
             # The KDE's tails reach about 3 bandwidths beyond the extreme values.
             values = self.task.values
@@ -60,6 +66,8 @@ class Reference:
 
     def w1(self, samples: np.ndarray) -> float | None:
         """W1 between the samples and the reference; None when a sample is NaN or infinite."""
+        from ctm_core.metrics import w1_to_cdf
+
         try:
             return w1_to_cdf(samples, self.task)
         except ValueError:  # non-finite samples: no distance to report
@@ -74,6 +82,8 @@ def task_metadata(model: LoadedModel) -> dict[str, Any]:
 
 def reference_for(task: dict[str, Any]) -> Reference | None:
     """The reference of a model with checkpoint metadata `task`, or None when it has none."""
+    from ctm_core.tasks import TASKS, EmpiricalTask
+
     if task.get("kind") == "data" or KDE_POINTS_KEY in task:
         values = _kde_points(task.get(KDE_POINTS_KEY))
         if values is None:
@@ -85,6 +95,8 @@ def reference_for(task: dict[str, Any]) -> Reference | None:
 
 def no_reference_reason(task: dict[str, Any]) -> str:
     """Why `reference_for(task)` is None, for a 404 message."""
+    from ctm_core.tasks import TASKS
+
     if task.get("kind") == "data" or KDE_POINTS_KEY in task:
         return (
             f"it was trained on user data and its checkpoint stores no usable '{KDE_POINTS_KEY}' "

@@ -106,15 +106,42 @@ class RegistrySnapshot:
 
 
 @dataclass(frozen=True)
-class ReloadReport:
-    """What one (re)load changed: model names added, replaced (new sha256), removed, unchanged."""
+class Changes:
+    """Model names added, replaced (new sha256), removed and unchanged by one (re)load."""
 
     added: list[str]
     replaced: list[str]
     removed: list[str]
     unchanged: list[str]
-    rejected: list[Rejection]
+
+
+@dataclass(frozen=True)
+class ReloadReport:
+    """What one (re)load changed, the snapshot it published, and how long it took."""
+
+    changes: Changes
+    snapshot: RegistrySnapshot
     seconds: float
+
+    @property
+    def added(self) -> list[str]:
+        return self.changes.added
+
+    @property
+    def replaced(self) -> list[str]:
+        return self.changes.replaced
+
+    @property
+    def removed(self) -> list[str]:
+        return self.changes.removed
+
+    @property
+    def unchanged(self) -> list[str]:
+        return self.changes.unchanged
+
+    @property
+    def rejected(self) -> list[Rejection]:
+        return list(self.snapshot.rejections.values())
 
     @property
     def changed(self) -> bool:
@@ -153,11 +180,6 @@ class ModelRegistry:
     def __len__(self) -> int:
         return len(self._snapshot.models)
 
-    def replace(self, models: Mapping[str, LoadedModel], rejected: Mapping[str, str]) -> None:
-        """Publish a new set of models in one step (readers see the old set or the new one)."""
-        rejections = {name: Rejection(name, reason, None) for name, reason in rejected.items()}
-        self._snapshot = RegistrySnapshot(MappingProxyType(dict(models)), MappingProxyType(rejections))
-
     def load_directory(self, directory: Path, device: torch.device) -> ReloadReport:
         """Load every `*.safetensors` in `directory`, skip (and log) the bad ones, publish the rest."""
         return self.reload(directory, device)
@@ -170,15 +192,15 @@ class ModelRegistry:
         """
         with self._reload_lock:
             start = time.perf_counter()
-            old = self._snapshot
-            models, rejections, report = _reconcile(old, directory, device)
-            self._snapshot = RegistrySnapshot(MappingProxyType(models), MappingProxyType(rejections))
-            return dataclasses.replace(report, seconds=time.perf_counter() - start)
+            models, rejections, changes = _reconcile(self._snapshot, directory, device)
+            snapshot = RegistrySnapshot(MappingProxyType(models), MappingProxyType(rejections))
+            self._snapshot = snapshot
+            return ReloadReport(changes, snapshot, time.perf_counter() - start)
 
 
 def _reconcile(
     old: RegistrySnapshot, directory: Path, device: torch.device
-) -> tuple[dict[str, LoadedModel], dict[str, Rejection], ReloadReport]:
+) -> tuple[dict[str, LoadedModel], dict[str, Rejection], Changes]:
     """The next snapshot's contents, and what changed from `old`."""
     models: dict[str, LoadedModel] = {}
     rejections: dict[str, Rejection] = {}
@@ -244,8 +266,7 @@ def _reconcile(
     removed = sorted(set(old.models) - set(models))
     for name in removed:
         logger.info("checkpoint removed model=%s sha256=%s", name, old.models[name].sha256[:12])
-    report = ReloadReport(added, replaced, removed, unchanged, list(rejections.values()), 0.0)
-    return models, rejections, report
+    return models, rejections, Changes(added, replaced, removed, unchanged)
 
 
 def _stamp_inside(path: Path, root: Path) -> FileStamp:

@@ -248,7 +248,7 @@ async def test_openapi_declares_the_explorer_endpoints(client: httpx.AsyncClient
     assert not any(path.startswith("/static") for path in paths)
 
     density = paths["/models/{name}/density"]["get"]
-    assert set(density["responses"]) == {"200", "404", "422"}
+    assert set(density["responses"]) == {"200", "404", "422", "503"}
     params = {p["name"]: p["schema"] for p in density["parameters"]}
     assert (params["points"]["minimum"], params["points"]["maximum"], params["points"]["default"]) == (
         2,
@@ -257,7 +257,7 @@ async def test_openapi_declares_the_explorer_endpoints(client: httpx.AsyncClient
     )
 
     evaluate = paths["/evaluate"]["get"]
-    assert set(evaluate["responses"]) == {"200", "404", "422"}
+    assert set(evaluate["responses"]) == {"200", "404", "422", "503"}
     assert {p["name"] for p in evaluate["parameters"]} == {
         "model",
         "sampler",

@@ -23,7 +23,7 @@ from service.schemas import ModelInfo, SampleResponse, TrajectoryResponse
 pytestmark = pytest.mark.anyio
 
 Models = dict[str, tuple[NoiseConfig, bool]]
-SAMPLE_KEYS = ["model", "sampler", "steps", "nfe", "n", "seed", "noise", "samples"]
+SAMPLE_KEYS = ["model", "model_sha256", "sampler", "steps", "nfe", "n", "seed", "noise", "samples"]
 
 
 @pytest.fixture
@@ -371,7 +371,7 @@ async def test_not_ready_without_models(tmp_path: Path, folder: str) -> None:
         assert body["status"] == "not ready"
         assert body["models"] == []
         assert "no model is loaded" in body["detail"]
-        assert await get_json(client, "/models") == {"models": []}
+        assert await get_json(client, "/models") == {"models": [], "rejected": []}
         response = await client.get("/sample")
         assert response.status_code == 404
         assert "CTM_DEFAULT_MODEL" in response.json()["detail"]
@@ -463,7 +463,7 @@ async def test_openapi_declares_ranges_and_responses(client: httpx.AsyncClient) 
     schema = await get_json(client, "/openapi.json")
     for path in ("/sample", "/trajectory"):
         operation = schema["paths"][path]["get"]
-        assert set(operation["responses"]) == {"200", "404", "422"}
+        assert set(operation["responses"]) == {"200", "404", "422", "503"}
         params = {p["name"]: p["schema"] for p in operation["parameters"]}
         assert params["sampler"]["enum"] == list(SAMPLERS)
         assert params["sampler"]["default"] == "onestep"

@@ -92,7 +92,7 @@ def test_real_server(server: tuple[str, subprocess.Popen[bytes], Path], checkpoi
 
         def sample_big() -> None:
             start = time.perf_counter()
-            params = {"sampler": "multistep", "steps": 40, "n": 100_000}
+            params = {"sampler": "multistep", "steps": 400, "n": 100_000}  # ~2 s: long enough to probe
             big["response"] = httpx.get(f"{base_url}/sample", params=params, timeout=60)
             big["seconds"] = time.perf_counter() - start
 

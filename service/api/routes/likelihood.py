@@ -39,7 +39,9 @@ class LogProbResponse(BaseModel):
     model: str
     model_sha256: str
     x: list[float]
-    logprob: list[float]
+    logprob: list[float | None] = Field(
+        description="null where log p is not a finite number (x beyond float32's range, |x| > 3.4e38)."
+    )
 
 
 def model_log_prob(model: LoadedModel, x: list[float]) -> np.ndarray:

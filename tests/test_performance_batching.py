@@ -1,0 +1,217 @@
+"""Dynamic batching: the Batcher's grouping; the same samples for a request alone or batched, under load."""
+
+import asyncio
+import logging
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from ctm_core.config import NetworkConfig, NoiseConfig
+from ctm_core.samplers import generate
+from service.app import create_app
+from service.batching import Batcher
+from service.config import Settings
+from service.inference import SamplingJob, run_batch, run_job
+from service.registry import LoadedModel, load_model
+
+pytestmark = pytest.mark.anyio
+CPU = torch.device("cpu")
+NOISE = NoiseConfig(sigma_min=0.002, sigma_max=10.0, sigma_data=0.5, data_mean=0.3)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("CTM_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def full_size_dir(tmp_path: Path, make_checkpoint: Any) -> Path:
+    """A folder with one default-size (4×128) model, `m`: the size the shipped models have."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    make_checkpoint(folder / "m.safetensors", noise=NOISE, network=NetworkConfig(), seed=3)
+    return folder
+
+
+@pytest.fixture
+def model(full_size_dir: Path) -> LoadedModel:
+    return load_model(full_size_dir / "m.safetensors", CPU)
+
+
+# ---- the Batcher ------------------------------------------------------------------------------------
+
+
+class _Recorder:
+    """A `run` that records its batches; it waits on `gate` so that jobs pile up behind the first."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[str, int]]] = []
+        self.gate = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+
+    def __call__(self, jobs: list[tuple[str, int]]) -> list[str]:
+        asyncio.run_coroutine_threadsafe(self.gate.wait(), self.loop).result(timeout=10)
+        self.batches.append(jobs)
+        return [f"{key}:{rows}" for key, rows in jobs]
+
+
+def _batcher(run: _Recorder, executor: ThreadPoolExecutor, max_rows: int = 100) -> Batcher[Any, str]:
+    def key(job: tuple[str, int]) -> Hashable | None:
+        return None if job[0] == "alone" else job[0]
+
+    return Batcher(executor, run, slots=1, key=key, rows=lambda job: job[1], max_rows=max_rows)
+
+
+async def test_jobs_waiting_together_with_one_key_run_as_one_batch() -> None:
+    run = _Recorder()
+    with ThreadPoolExecutor(1) as executor:
+        batcher = _batcher(run, executor, max_rows=100)
+        jobs = [("a", 1), ("a", 2), ("b", 3), ("a", 90), ("alone", 1), ("alone", 1), ("a", 7), ("b", 4)]
+        tasks = [asyncio.create_task(batcher.submit(job)) for job in jobs]
+        await asyncio.sleep(0.05)
+        assert batcher.waiting == len(jobs) - 1  # the first runs at once, alone
+        run.gate.set()
+        results = await asyncio.gather(*tasks)
+    assert [result for result, _ in results] == [f"{k}:{r}" for k, r in jobs]
+    # Oldest first; each takes every later waiting job of its key that fits in max_rows.
+    assert run.batches == [
+        [("a", 1)],
+        [("a", 2), ("a", 90), ("a", 7)],
+        [("b", 3), ("b", 4)],
+        [("alone", 1)],
+        [("alone", 1)],
+    ]
+    assert [size for _, size in results] == [1, 3, 2, 3, 1, 1, 3, 2]
+
+
+async def test_a_cancelled_waiting_job_never_runs() -> None:
+    run = _Recorder()
+    with ThreadPoolExecutor(1) as executor:
+        batcher = _batcher(run, executor)
+        first = asyncio.create_task(batcher.submit(("a", 1)))
+        doomed = asyncio.create_task(batcher.submit(("a", 2)))
+        kept = asyncio.create_task(batcher.submit(("a", 3)))
+        await asyncio.sleep(0.05)
+        doomed.cancel()
+        run.gate.set()
+        assert (await first)[0] == "a:1" and (await kept)[0] == "a:3"
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
+    assert run.batches == [[("a", 1)], [("a", 3)]]
+
+
+async def test_an_error_reaches_every_job_of_its_batch() -> None:
+    def fail(jobs: list[tuple[str, int]]) -> list[str]:
+        time.sleep(0.05)
+        raise ValueError("refused")
+
+    with ThreadPoolExecutor(1) as executor:
+        batcher: Batcher[Any, str] = Batcher(
+            executor, fail, slots=1, key=lambda j: j[0], rows=lambda j: 1, max_rows=9
+        )
+        outcomes = await asyncio.gather(*(batcher.submit(("a", 1)) for _ in range(3)), return_exceptions=True)
+    assert all(isinstance(o, ValueError) for o in outcomes)
+
+
+# ---- batched sampling gives each job what it gets alone ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sampler", "steps"), [("onestep", 1), ("multistep", 3), ("gamma", 4), ("euler", 3), ("heun", 3)]
+)
+def test_a_batch_gives_each_job_its_own_samples(model: LoadedModel, sampler: str, steps: int) -> None:
+    sizes = [1, 7, 16, 250, 1, 33]
+    jobs = [
+        SamplingJob(
+            model, sampler, steps, n, seed=100 + i, noise="quantile" if i == 3 else "random", gamma=0.3
+        )  # type: ignore[arg-type]
+        for i, n in enumerate(sizes)
+    ]
+    batched = run_batch(jobs, CPU)
+    for job, result in zip(jobs, batched, strict=True):
+        alone = run_job(job, CPU)
+        assert result.job is job and result.nfe == alone.nfe
+        np.testing.assert_array_equal(result.states, alone.states)
+        np.testing.assert_array_equal(result.sigmas, alone.sigmas)
+        # And the runtime's samples are ctm_core's, up to float rounding (the same latent and noise).
+        reference = generate(
+            model.network,
+            sampler,
+            steps,
+            job.n,
+            **NOISE.sampling_kwargs(),
+            seed=job.seed,
+            noise=job.noise,
+            gamma=0.3,
+        )
+        np.testing.assert_allclose(result.states, reference.states.numpy(), rtol=1e-4, atol=1e-4)
+
+
+# ---- the service under concurrent load --------------------------------------------------------------
+
+
+@asynccontextmanager
+async def serve(folder: Path, **settings: Any) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    app = create_app(Settings(checkpoint_dir=folder, **settings))
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
+    ):
+        yield app, client
+
+
+def request_mix() -> list[dict[str, Any]]:
+    """Requests that share batch keys (sampler, steps, γ) with varied n, seeds and latents."""
+    mix = []
+    for i in range(48):
+        sampler, steps = [("onestep", 1), ("multistep", 4), ("gamma", 3), ("heun", 2)][i % 4]
+        params = {"model": "m", "sampler": sampler, "steps": steps, "n": [1, 3, 64, 200, 17, 1000][i % 6]}
+        params |= {"seed": 1000 + i // 2, "noise": "quantile" if i % 5 == 0 else "random", "gamma": 0.4}
+        mix.append(params)
+    return mix
+
+
+async def test_same_request_same_samples_under_concurrent_load(
+    full_size_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    mix = request_mix()
+    batches: list[int] = []
+    async with serve(full_size_dir, inference_threads=1) as (app, client):
+        alone = []
+        for params in mix:
+            response = await client.get("/sample", params=params)
+            assert response.status_code == 200, response.text
+            alone.append(response.json()["samples"])
+        for _ in range(2):
+            # Occupy the executor so that the requests pile up and are batched when it frees.
+            busy = asyncio.create_task(app.state.engine.call(time.sleep, 0.3))
+            await asyncio.sleep(0.01)
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="service.inference"):
+                responses = await asyncio.gather(*(client.get("/sample", params=p) for p in mix))
+            await busy
+            for params, expected, response in zip(mix, alone, responses, strict=True):
+                assert response.status_code == 200, response.text
+                assert response.json()["samples"] == expected, params
+            found = (re.search(r" batch=(\d+) ", r.getMessage()) for r in caplog.records)
+            batches += [int(m.group(1)) for m in found if m]
+    assert len(batches) == 2 * len(mix)
+    assert max(batches) > 5  # the load was batched, not run one request at a time

@@ -1,0 +1,97 @@
+"""service.runtime: the folded CTM runtime matches the eager model, and a row's value ignores its batch."""
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+
+from ctm_core.checkpoint import build_model
+from ctm_core.config import NetworkConfig
+from ctm_core.parametrization import CTMParametrization
+from service.runtime import BLOCK_ROWS, ROW_ALIGN, ROWS, FoldedCTM, Runtimes, aligned, batch_invariant
+
+LEVELS = [(80.0, 0.002), (10.0, 0.5), (1.0, 0.999), (0.3, 0.3), (0.002, 0.002)]
+
+
+@pytest.fixture
+def model() -> CTMParametrization:
+    """A default-size (4×128) model with a non-zero data mean."""
+    torch.manual_seed(0)
+    return build_model(NetworkConfig(), sigma_data=0.5, data_mean=0.7).eval().requires_grad_(False)
+
+
+@pytest.fixture(params=[1, 2, 3], ids=["1-thread", "2-threads", "3-threads"])
+def threads(request: pytest.FixtureRequest) -> Iterator[int]:
+    """The runtime's row threads (and, for good measure, PyTorch's intra-op threads here)."""
+    previous, previous_rows = torch.get_num_threads(), ROWS.threads
+    torch.set_num_threads(request.param)
+    ROWS.configure(request.param)
+    yield request.param
+    torch.set_num_threads(previous)
+    ROWS.configure(previous_rows)
+
+
+def test_aligned() -> None:
+    assert [aligned(n) for n in (1, ROW_ALIGN, ROW_ALIGN + 1)] == [ROW_ALIGN, ROW_ALIGN, 2 * ROW_ALIGN]
+
+
+@pytest.mark.parametrize("n", [1, 5, 16, 1000, 5003])
+def test_matches_the_eager_model(model: CTMParametrization, n: int) -> None:
+    runtime = FoldedCTM(model)
+    x = 3 * torch.randn(n, generator=torch.Generator().manual_seed(n))
+    with torch.inference_mode():
+        for t, s in LEVELS:
+            t_, s_ = torch.tensor(t), torch.tensor(s)
+            jump, eager_jump = runtime.jump(x, t_, s_), model.jump(x, t_, s_)
+            denoised, eager_denoised = runtime.denoise(x, t_), model.denoise(x, t_)
+            assert jump.shape == denoised.shape == (n,)
+            torch.testing.assert_close(jump, eager_jump, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(denoised, eager_denoised, rtol=1e-5, atol=1e-5)
+
+
+def test_jump_to_the_same_time_is_the_identity(model: CTMParametrization) -> None:
+    x = 5 * torch.randn(333)
+    for t in (0.002, 1.0, 80.0):
+        assert torch.equal(FoldedCTM(model).jump(x, torch.tensor(t), torch.tensor(t)), x)
+
+
+def test_a_row_does_not_depend_on_the_rows_beside_it(model: CTMParametrization, threads: int) -> None:
+    # Bit-identical alone and amid others, across blocks, at unaligned sizes and offsets, and the
+    # same on any number of threads.
+    runtime = FoldedCTM(model)
+    x = 4 * torch.randn(3 * BLOCK_ROWS + 77, generator=torch.Generator().manual_seed(1))
+    t, s = torch.tensor(20.0), torch.tensor(0.01)
+    whole, whole_denoised = runtime.jump(x, t, s), runtime.denoise(x, t)
+    for start, rows in [
+        (0, 1),
+        (3, 2),
+        (7, 3),
+        (11, 13),
+        (100, 600),
+        (100, 1000),
+        (2000, 2 * BLOCK_ROWS + 5),
+    ]:
+        part = x[start : start + rows].clone()
+        assert torch.equal(runtime.jump(part, t, s), whole[start : start + rows]), (start, rows)
+        assert torch.equal(runtime.denoise(part, t), whole_denoised[start : start + rows]), (start, rows)
+    assert batch_invariant(runtime)
+    ROWS.configure(1)
+    torch.set_num_threads(1)
+    assert torch.equal(runtime.jump(x, t, s), whole)
+
+
+class _Doubler(nn.Module):
+    def forward(self, x_in: torch.Tensor, noise_t: torch.Tensor, noise_s: torch.Tensor) -> torch.Tensor:
+        return 2 * x_in
+
+
+def test_other_networks_run_eagerly_and_unbatched(model: CTMParametrization) -> None:
+    runtimes = Runtimes()
+    assert runtimes.known(model) is None
+    runtime, batchable = runtimes.get(model)
+    assert isinstance(runtime, FoldedCTM) and batchable and runtimes.known(model)
+    assert runtimes.get(model)[0] is runtime  # built once
+    other = CTMParametrization(_Doubler(), sigma_data=0.5)
+    assert runtimes.get(other) == (other, False)
+    assert runtimes.known(other) is False
