@@ -4,6 +4,7 @@
 `make_checkpoint` writes more (e.g. to corrupt or to vary the metadata).
 """
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -78,3 +79,17 @@ def checkpoint_models() -> dict[str, tuple[NoiseConfig, bool]]:
 def make_checkpoint() -> MakeCheckpoint:
     """`make_checkpoint(path, noise=NoiseConfig(...), with_teacher=False, seed=0, ...)` writes one file."""
     return write_checkpoint
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests run on asyncio (the server's event loop)."""
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings read CTM_* variables: keep the caller's environment out of every test."""
+    for key in list(os.environ):
+        if key.startswith("CTM_"):
+            monkeypatch.delenv(key)

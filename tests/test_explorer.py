@@ -1,11 +1,9 @@
 """The explorer's endpoints in-process: the page, /models/{name}/density, /evaluate and /plot.png."""
 
 import io
-import os
 import re
 import shutil
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +12,13 @@ import matplotlib.image
 import numpy as np
 import pytest
 import torch
+from app_client import serve
 from scipy import stats
 
 from ctm_core.checkpoint import build_model, checkpoint_metadata, save_checkpoint
 from ctm_core.config import NetworkConfig, NoiseConfig
 from ctm_core.metrics import w1_to_cdf, w1_two_sample
 from ctm_core.tasks import get_task
-from service.app import create_app
-from service.config import Settings
 from service.plotting import evenly, histogram_bins, view_range
 from service.reference import MAX_KDE_POINTS, reference_for
 from service.schemas import DensityResponse, EvaluateResponse
@@ -31,18 +28,6 @@ pytestmark = pytest.mark.anyio
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Training values stored in the user-data fixture: two clusters, at -1 and 2.
 KDE_POINTS = np.sort(np.concatenate([np.linspace(-1.5, -0.5, 60), np.linspace(1.5, 2.5, 40)]))
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.startswith("CTM_"):
-            monkeypatch.delenv(key)
 
 
 def write_data_checkpoint(path: Path, kde_points: list[float] | None) -> Path:
@@ -74,17 +59,6 @@ def explorer_dir(checkpoint_dir: Path, _explorer_checkpoints: Path) -> Path:
     for path in _explorer_checkpoints.iterdir():
         shutil.copy(path, checkpoint_dir / path.name)
     return checkpoint_dir
-
-
-@asynccontextmanager
-async def serve(checkpoint_dir: Path, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(Settings(checkpoint_dir=checkpoint_dir, **settings))
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
-    ):
-        yield client
 
 
 @pytest.fixture

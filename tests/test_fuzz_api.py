@@ -146,11 +146,6 @@ async def client(fuzz_dir: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterat
         yield client
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _assert_refused(response: httpx.Response, status: int = 422) -> None:
     assert response.status_code == status, response.text
     error_has_message(response)

@@ -5,27 +5,17 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from app_client import serve
 
 from ctm_core.checkpoint import load_checkpoint
 from ctm_core.likelihood import log_prob
-from service.app import create_app
-from service.config import Settings
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def client(checkpoint_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(Settings(checkpoint_dir=checkpoint_dir))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client,
-    ):
+    async with serve(checkpoint_dir) as client:
         yield client
 
 

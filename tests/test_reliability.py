@@ -11,8 +11,6 @@ import os
 import re
 import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +18,11 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from app_client import serve
 
 import service.inference
 from ctm_core.checkpoint import atomic_write_bytes
 from ctm_core.config import NoiseConfig
-from service.app import create_app
 from service.config import Settings
 from service.inference import SamplingJob, run_job
 from service.registry import load_model
@@ -37,29 +35,6 @@ API_KEY = "api-key-for-tests-9876543210"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 NOISE = NoiseConfig(sigma_min=0.002, sigma_max=10.0, sigma_data=0.5)
 SWAP_PARAMS = {"model": "m", "sampler": "multistep", "steps": 3, "n": 32, "noise": "quantile", "seed": 7}
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.startswith("CTM_"):
-            monkeypatch.delenv(key)
-
-
-@asynccontextmanager
-async def serve(checkpoint_dir: Path, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(Settings(checkpoint_dir=checkpoint_dir, **settings))
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
-    ):
-        yield client
 
 
 def versions(folder: Path, make_checkpoint: Any, name: str = "m") -> tuple[bytes, bytes]:

@@ -3,15 +3,14 @@
 import hashlib
 import itertools
 import math
-import os
 import statistics
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from app_client import serve
 
 from ctm_core.config import NoiseConfig
 from ctm_core.samplers import SAMPLERS
@@ -24,31 +23,6 @@ pytestmark = pytest.mark.anyio
 
 Models = dict[str, tuple[NoiseConfig, bool]]
 SAMPLE_KEYS = ["model", "model_sha256", "sampler", "steps", "nfe", "n", "seed", "noise", "samples"]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Settings read CTM_* variables: keep the caller's environment out of these tests."""
-    for key in list(os.environ):
-        if key.startswith("CTM_"):
-            monkeypatch.delenv(key)
-
-
-@asynccontextmanager
-async def serve(checkpoint_dir: Path, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """A fresh app on `checkpoint_dir`, started (lifespan) and wrapped in an httpx client."""
-    app = create_app(Settings(checkpoint_dir=checkpoint_dir, **settings))
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
-    ):
-        yield client
 
 
 @pytest.fixture

@@ -2,24 +2,17 @@
 
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
+from app_client import serve
 
 from ctm_core.checkpoint import load_checkpoint
 from ctm_core.metrics import quantile_w1
 from ctm_core.tasks import TASKS, get_task
-from service.app import create_app
-from service.config import Settings
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))
@@ -36,11 +29,7 @@ def test_every_task_has_a_valid_small_checkpoint(task: str) -> None:
 
 async def test_served_two_gmm_one_step_quantiles_are_close_to_the_target() -> None:
     """GET /sample?steps=1&n=20000&noise=quantile from the shipped model: qW1 ≤ 0.05 (issue bound)."""
-    app = create_app(Settings(checkpoint_dir=CHECKPOINTS))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client,
-    ):
+    async with serve(CHECKPOINTS) as client:
         response = await client.get("/sample", params={"steps": 1, "n": 20000, "noise": "quantile"})
     assert response.status_code == 200
     body = response.json()
