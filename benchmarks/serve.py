@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -520,7 +521,7 @@ def run(args: argparse.Namespace) -> Report:
         report = Report(machine_info(threads, described))
         cases = QUICK_CASES if args.quick else CASES
         if args.only:
-            cases = [c for c in cases if any(part in c.label for part in args.only)]
+            cases = [c for c in cases if any(re.search(pattern, c.label) for pattern in args.only)]
         m = report.machine
         print(
             f"machine: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), Python {m['python']}, "
@@ -664,8 +665,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--only",
         nargs="+",
         default=None,
-        metavar="TEXT",
-        help="only the cases whose label holds one of these",
+        metavar="REGEX",
+        help="only the cases whose label (e.g. '/sample heun 18 n=1,000') matches one of these",
     )
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the results here")
     return p

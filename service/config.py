@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     torch_threads: int = Field(0, ge=0, le=256)
     # Dynamic batching: requests that wait together for the pool and share model, sampler, steps and γ
     # run as one batch of at most this many samples (docs/PERFORMANCE.md); 0: no batching.
-    batch_max_rows: int = Field(4096, ge=0, le=1_000_000)
+    batch_max_rows: int = Field(16384, ge=0, le=1_000_000)
 
     # Lifecycle (docs/RELIABILITY.md).
     request_timeout_s: float = Field(

@@ -17,6 +17,7 @@ checkpoint's weights (`service.runtime`), under `torch.inference_mode`.
 """
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -102,7 +103,7 @@ def use_threads(threads: int) -> None:
 
 # Most rows in one batch: past this, batching saves no per-call overhead worth the wait it adds
 # to the batch's first job (docs/PERFORMANCE.md).
-MAX_BATCH_ROWS = 4096
+MAX_BATCH_ROWS = 16384
 RUNTIMES = Runtimes()
 
 
@@ -133,6 +134,12 @@ def check_job(job: SamplingJob) -> None:
         raise ValueError("the onestep sampler takes exactly 1 step")
 
 
+@functools.lru_cache(maxsize=256)
+def schedule(name: str, points: int, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
+    """`get_sigmas`, cached: a few schedules serve every request (callers must not modify it)."""
+    return get_sigmas(name, points, sigma_min, sigma_max, rho)
+
+
 @torch.inference_mode()
 def run_batch(jobs: Sequence[SamplingJob], device: torch.device) -> list[SamplingResult]:
     """Run jobs that share model, sampler, steps and γ as one sampler call; one result per job.
@@ -156,11 +163,11 @@ def run_batch(jobs: Sequence[SamplingJob], device: torch.device) -> list[Samplin
     if padding:
         parts.append(torch.zeros(padding))
     x = (torch.cat(parts) if len(parts) > 1 else parts[0]).to(device)
-    sigmas = get_sigmas(noise.schedule, first.steps + 1, noise.sigma_min, noise.sigma_max, noise.rho)
+    sigmas = schedule(noise.schedule, first.steps + 1, noise.sigma_min, noise.sigma_max, noise.rho)
     row_noise = RowNoise(generators, sizes, padding) if first.sampler == "gamma" else None
     trajectory = SAMPLERS[first.sampler](runtime, x, sigmas, gamma=first.gamma, noise_sampler=row_noise)
     states = trajectory.states.cpu().numpy()
-    sigmas_np = trajectory.sigmas.cpu().numpy()
+    sigmas_np = trajectory.sigmas.cpu().numpy().copy()  # not a view of the cached schedule
     results = []
     start = 0
     for job in jobs:

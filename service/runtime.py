@@ -25,6 +25,7 @@ import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,7 +37,7 @@ ROW_ALIGN = 16
 BLOCK_ROWS = 2048
 # Fewer rows run in the calling thread as one block: sharing them out costs more than it saves.
 PARALLEL_MIN_ROWS = 512
-_BIAS_CACHE_SIZE = 1024  # (t, s) pairs kept per model: a schedule of K steps uses K of them
+_CACHE_SIZE = 1024  # noise levels (and (t, s) pairs) kept per model: a K-step schedule uses K
 
 
 def aligned(rows: int) -> int:
@@ -107,8 +108,8 @@ ROWS = RowThreads()
 class FoldedCTM:
     """G(x, t, s) and D(x, t) of a `CTMParametrization` around a `CTMNetwork`, for scalar t and s.
 
-    x is (n,) float32; t and s are scalars (0-dim tensors or floats) shared by all rows, as in
-    every sampler. Results match the eager model up to float rounding.
+    x is (n,) float32 (the checkpoint's dtype); t and s are scalars (0-dim tensors or floats)
+    shared by all rows, as in every sampler. Results match the eager model up to float rounding.
     """
 
     def __init__(self, model: CTMParametrization) -> None:
@@ -138,13 +139,14 @@ class FoldedCTM:
         self.hidden = [(w.t().contiguous(), b.contiguous()) for w, b in zip(hidden, hidden_bias, strict=True)]
         self.w_out = last[0].contiguous()
         self.b_out = float(last_bias[0])
-        self._bias: dict[tuple[float, float], torch.Tensor] = {}
+        self._scaling_cache: dict[float, tuple[float, float, float]] = {}
+        self._bias_cache: dict[tuple[float, float], torch.Tensor] = {}
 
     def jump(self, x: torch.Tensor, t: torch.Tensor | float, s: torch.Tensor | float) -> torch.Tensor:
         """G(x, t, s) = (s/t)·x + (1 − s/t)·g(x, t, s), shape (n,) (Kim et al. 2023, eq. 7)."""
-        t_, s_ = self._level(t, x), self._level(s, x)
-        c_skip, c_out, c_in = (float(v) for v in edm_scalings(t_, self.sigma_data))
-        ratio = float(s_ / t_)
+        t_, s_ = _float32(t), _float32(s)
+        c_skip, c_out, c_in = self._scalings(t_)
+        ratio = float(np.float32(s_) / np.float32(t_))  # in float32, as the eager model computes it
         # G = r·x + (1 − r)·(μ + c_skip·(x − μ) + c_out·F) = a·x + b + c·F.
         a = ratio + (1 - ratio) * c_skip
         b = (1 - ratio) * (1 - c_skip) * self.data_mean
@@ -152,8 +154,8 @@ class FoldedCTM:
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """D(x, t) = g(x, t, t) = μ + c_skip·(x − μ) + c_out·F, shape (n,)."""
-        t_ = self._level(t, x)
-        c_skip, c_out, c_in = (float(v) for v in edm_scalings(t_, self.sigma_data))
+        t_ = _float32(t)
+        c_skip, c_out, c_in = self._scalings(t_)
         return self._affine(x, c_skip, (1 - c_skip) * self.data_mean, c_out, c_in, self._first_bias(t_, t_))
 
     @torch.inference_mode()
@@ -200,23 +202,34 @@ class FoldedCTM:
         torch.mv(h, self.w_out, out=out)
         out.add_(self.b_out)
 
-    def _level(self, sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
-        """σ as a 1-element tensor of x's dtype: the eager model computes its scalings in that precision."""
-        return torch.as_tensor(sigma, dtype=x.dtype).reshape(1).cpu()
+    def _scalings(self, t: float) -> tuple[float, float, float]:
+        """EDM's (c_skip, c_out, c_in) at t, computed in float32 as the eager model does, cached."""
+        scalings = self._scaling_cache.get(t)
+        if scalings is None:
+            c_skip, c_out, c_in = (float(v) for v in edm_scalings(torch.tensor([t]), self.sigma_data))
+            scalings = (c_skip, c_out, c_in)
+            if len(self._scaling_cache) >= _CACHE_SIZE:
+                self._scaling_cache.clear()
+            self._scaling_cache[t] = scalings
+        return scalings
 
-    def _first_bias(self, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """The first layer's bias plus its weights on the embeddings of c_noise(t) and c_noise(s)."""
-        key = (float(t), float(s))
-        bias = self._bias.get(key)
+    def _first_bias(self, t: float, s: float) -> torch.Tensor:
+        """The first layer's bias plus its weights on the embeddings of c_noise(t) and c_noise(s), cached."""
+        bias = self._bias_cache.get((t, s))
         if bias is None:
             with torch.inference_mode():
-                e_t = self.embed(c_noise(t.to(self.device)))[0]
-                e_s = self.embed(c_noise(s.to(self.device)))[0]
+                e_t = self.embed(c_noise(torch.tensor([t], device=self.device)))[0]
+                e_s = self.embed(c_noise(torch.tensor([s], device=self.device)))[0]
                 bias = self.b_first + self.w_t @ e_t + self.w_s @ e_s
-            if len(self._bias) >= _BIAS_CACHE_SIZE:
-                self._bias.clear()
-            self._bias[key] = bias
+            if len(self._bias_cache) >= _CACHE_SIZE:
+                self._bias_cache.clear()
+            self._bias_cache[(t, s)] = bias
         return bias
+
+
+def _float32(sigma: torch.Tensor | float) -> float:
+    """A noise level rounded to float32, the precision of x and of the eager model's scalings."""
+    return float(np.float32(float(sigma)))
 
 
 _scratch = threading.local()

@@ -21,7 +21,7 @@ _NAME_ECHO_LIMIT = 80
 
 
 # Dependencies are `async def` although they never wait: FastAPI runs a plain `def` dependency in its
-# thread pool, a thread hop each (four per /sample request, 0.3 ms of 0.4; docs/PERFORMANCE.md).
+# thread pool, a thread hop each (docs/PERFORMANCE.md).
 async def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
@@ -67,7 +67,6 @@ def sampling_job_dependency(settings: Settings) -> Callable[..., SamplingJob]:
 
     async def sampling_job(
         request: Request,
-        registry: RegistryDep,
         model: Annotated[
             str, Query(description="A loaded model's name (see /models).")
         ] = settings.default_model,
@@ -97,7 +96,7 @@ def sampling_job_dependency(settings: Settings) -> Callable[..., SamplingJob]:
                 f"the onestep sampler takes exactly 1 step, got steps={steps}; "
                 "use sampler=multistep for more steps"
             )
-        loaded = lookup_model(registry, model, settings)
+        loaded = lookup_model(request.app.state.registry, model, settings)  # no RegistryDep: see /sample
         label_request(request, model=loaded.name, sampler=sampler)
         return SamplingJob(
             model=loaded,
