@@ -2,7 +2,6 @@
 
 import asyncio
 import logging
-import os
 import re
 import time
 from collections.abc import AsyncIterator, Hashable
@@ -27,18 +26,6 @@ from service.registry import LoadedModel, load_model
 pytestmark = pytest.mark.anyio
 CPU = torch.device("cpu")
 NOISE = NoiseConfig(sigma_min=0.002, sigma_max=10.0, sigma_data=0.5, data_mean=0.3)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.startswith("CTM_"):
-            monkeypatch.delenv(key)
 
 
 @pytest.fixture
