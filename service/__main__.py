@@ -19,8 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ctm-serve",
         description="Serve CTM checkpoints (every *.safetensors in the checkpoint directory) over HTTP. "
         "Each flag overrides its CTM_* environment variable; the request limits "
-        "(CTM_MAX_N, CTM_MAX_STEPS, CTM_MAX_TRAJECTORY_VALUES), thread counts "
-        "(CTM_INFERENCE_THREADS, CTM_TORCH_THREADS), time limit and hot reload "
+        "(CTM_MAX_N, CTM_MAX_STEPS, CTM_MAX_TRAJECTORY_VALUES), threads and batching "
+        "(CTM_INFERENCE_THREADS, CTM_TORCH_THREADS, CTM_BATCH_MAX_ROWS), time limit and hot reload "
         "(CTM_REQUEST_TIMEOUT_S, CTM_RELOAD_POLL_S) and access (CTM_API_KEY, CTM_ADMIN_TOKEN, "
         "CTM_CORS_ORIGINS) are set through the environment.",
     )
