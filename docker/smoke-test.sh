@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# docker/smoke-test.sh: end-to-end test of docker/Dockerfile and docker/compose.yaml
-# on a machine without Docker Hub access (and without a running Docker engine).
+# docker/smoke-test.sh: end-to-end test of docker/Dockerfile, docker/compose.yaml and the
+# scaled set-up (docker/compose.scale.yaml: replicas behind nginx) on a machine without
+# Docker Hub access (and without a running Docker engine).
 #
 #   sudo bash docker/smoke-test.sh
 #
@@ -11,10 +12,15 @@
 #   3. makes the base image ctm-serve-base:bookworm with debootstrap (minbase + python3,
 #      python3-venv, ca-certificates, plus the host's local CAs) and `docker import`;
 #   4. copies this machine's CPU torch wheel into docker/wheels/ (TORCH_SOURCE=local);
-#   5. builds ctm-serve:latest through the compose file, brings it up as project
-#      "ctm-smoke", waits for the container to be healthy, checks /healthz and
-#      /sample?n=5&seed=1, and checks the image (non-root user, baked-in checkpoints);
-#   6. tears down what it started: the compose project, the wheel copy, and dockerd.
+#   5. builds ctm-serve:latest and ctm-serve-nginx:latest through the compose files, brings
+#      ctm-serve up as project "ctm-smoke", waits for the container to be healthy, checks
+#      /healthz and /sample?n=5&seed=1, and checks the image (non-root user, baked-in
+#      checkpoints);
+#   6. brings compose.scale.yaml up as project "ctm-smoke-scale" (2 replicas + nginx, one
+#      shared checkpoint folder) and checks that requests through nginx reach every replica,
+#      that a seeded /sample is the same from each, and that a checkpoint added to the
+#      folder serves on every replica within the reload poll interval;
+#   7. tears down what it started: the compose projects, the wheel copy, and dockerd.
 # Images stay in the data root as a build cache, so a second run is fast.
 #
 # Environment (all optional):
@@ -28,13 +34,19 @@
 #   CTM_HEALTH_TIMEOUT  seconds to wait for "healthy" (default 240)
 #   CTM_KEEP_DOCKERD=1  leave the dockerd this script started running
 #   CTM_COMPOSE         compose command (default: "docker compose" if present, else docker-compose)
+#   CTM_SMOKE_SCALE=0   skip step 6 (the replicas behind nginx)
+#   CTM_SMOKE_REPLICAS  replicas in step 6 (default 2)
+#   CTM_SMOKE_POLL_S    CTM_RELOAD_POLL_S of the replicas in step 6 (default 2)
 #   DOCKER_HOST         use this engine instead of starting one (it is never stopped)
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 COMPOSE_FILE="$REPO_ROOT/docker/compose.yaml"
+SCALE_FILE="$REPO_ROOT/docker/compose.scale.yaml"
 PROJECT=ctm-smoke
+SCALE_PROJECT=ctm-smoke-scale
 IMAGE=ctm-serve:latest
+NGINX_IMAGE=ctm-serve-nginx:latest
 BASE_IMAGE=ctm-serve-base:bookworm
 DOCKER_ROOT="${CTM_DOCKER_ROOT:-/var/lib/ctm-docker}"
 DOCKER_EXEC="${CTM_DOCKER_EXEC:-/run/ctm-docker}"
@@ -52,6 +64,7 @@ STEP_T0=$SECONDS
 STARTED_DOCKERD=0
 DOCKERD_PID=""
 STARTED_PROJECT=0
+STARTED_SCALE_PROJECT=0
 CREATED_WHEEL_DIR=0
 COPIED_WHEEL=""
 ROOTFS_TMP=""
@@ -73,6 +86,7 @@ step() {
 }
 
 compose() { "${COMPOSE[@]}" -f "$COMPOSE_FILE" -p "$PROJECT" "$@"; }
+scale_compose() { "${COMPOSE[@]}" -f "$SCALE_FILE" -p "$SCALE_PROJECT" "$@"; }
 
 cleanup() {
     local rc=$?
@@ -87,6 +101,14 @@ cleanup() {
         fi
         log "compose down (project $PROJECT)"
         compose down --remove-orphans 2>&1 | sed 's/^/    /'
+    fi
+    if [[ $STARTED_SCALE_PROJECT == 1 ]]; then
+        if [[ $rc != 0 ]]; then
+            log "container logs of $SCALE_PROJECT (last 40 lines each):"
+            scale_compose logs --no-color --tail 40 2>&1 | sed 's/^/    /'
+        fi
+        log "compose down (project $SCALE_PROJECT)"
+        scale_compose down --remove-orphans 2>&1 | sed 's/^/    /'
     fi
     if [[ -n "$COPIED_WHEEL" ]]; then
         rm -f "$COPIED_WHEEL"
@@ -138,6 +160,15 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# Classic-builder output: list the RUN/COPY steps that ran (were not taken from the cache).
+build_summary() {
+    awk '/^Step [0-9]+\/[0-9]+ :/ { if (s != "") print "    ran: " substr(s, 1, 100); s = ""
+                                   if ($4 == "RUN" || $4 == "COPY") s = $0; n++; next }
+         /^ ---> Using cache/ { cached++; s = ""; next }
+         END { if (s != "") print "    ran: " substr(s, 1, 100)
+               printf "    %d steps, %d from cache\n", n, cached }' "$1" || true
+}
+
 port_in_use() {
     python3 - "$1" <<'EOF'
 import socket, sys
@@ -187,9 +218,11 @@ if [[ ${COMPOSE[0]} == docker-compose ]] && ! command -v docker-compose >/dev/nu
 fi
 log "docker client: $(docker version --format '{{.Client.Version}}' 2>/dev/null || true)"
 log "compose: ${COMPOSE[*]} ($("${COMPOSE[@]}" version --short 2>/dev/null || "${COMPOSE[@]}" version | head -n 1))"
-log "validate compose files: ${COMPOSE[*]} -f docker/compose.yaml [-f docker/compose.host-checkpoints.yaml] config -q"
+log "validate compose files: ${COMPOSE[*]} -f docker/compose.yaml [-f docker/compose.host-checkpoints.yaml] config -q;" \
+    "-f docker/compose.scale.yaml config -q"
 compose config -q
 "${COMPOSE[@]}" -f "$COMPOSE_FILE" -f "$REPO_ROOT/docker/compose.host-checkpoints.yaml" config -q
+scale_compose config -q
 
 # ---------------------------------------------------------------------------
 step "docker engine"
@@ -302,16 +335,25 @@ if ! compose build >"$build_log" 2>&1; then
     tail -n 40 "$build_log" | sed 's/^/    /'
     fail "image build failed (full log: $build_log)"
 fi
-# Classic-builder output: list the RUN/COPY steps that ran (were not taken from the cache).
-awk '/^Step [0-9]+\/[0-9]+ :/ { if (s != "") print "    ran: " substr(s, 1, 100); s = ""
-                               if ($4 == "RUN" || $4 == "COPY") s = $0; n++; next }
-     /^ ---> Using cache/ { cached++; s = ""; next }
-     END { if (s != "") print "    ran: " substr(s, 1, 100)
-           printf "    %d steps, %d from cache\n", n, cached }' "$build_log" || true
+build_summary "$build_log"
 grep -E '^torch [0-9]' "$build_log" | sed 's/^/    /' || true
 rm -f "$build_log"
 image_size="$(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
 log "$IMAGE: $image_size"
+
+if [[ "${CTM_SMOKE_SCALE:-1}" != 0 ]]; then
+    step "build $NGINX_IMAGE (compose build nginx)"
+    build_log="$(mktemp /tmp/ctm-smoke-build.XXXXXX.log)"
+    if ! scale_compose build nginx >"$build_log" 2>&1; then
+        tail -n 40 "$build_log" | sed 's/^/    /'
+        fail "nginx image build failed (full log: $build_log)"
+    fi
+    build_summary "$build_log"
+    rm -f "$build_log"
+    log "$NGINX_IMAGE: $(docker image inspect -f '{{.Size}}' "$NGINX_IMAGE" | awk '{printf "%.0f MB", $1/1e6}')," \
+        "$(docker run --rm --network none --entrypoint nginx "$NGINX_IMAGE" -v 2>&1)," \
+        "user $(docker image inspect -f '{{.Config.User}}' "$NGINX_IMAGE")"
+fi
 
 # ---------------------------------------------------------------------------
 step "image checks"
@@ -336,6 +378,38 @@ docker run --rm --network none --entrypoint python "$IMAGE" -c \
     | sed 's/^/    /'
 
 # ---------------------------------------------------------------------------
+# wait_healthy CONTAINER...: wait until each container's healthcheck says healthy; fail when
+# one turns unhealthy, stops or restarts, or after HEALTH_TIMEOUT seconds.
+wait_healthy() {
+    local deadline=$((SECONDS + HEALTH_TIMEOUT)) cid name state status health restarts all
+    local -A last=()
+    while :; do
+        all=1
+        for cid in "$@"; do
+            state="$(docker inspect -f '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.RestartCount}}' "$cid")"
+            read -r status health restarts <<<"$state"
+            name=""
+            if (($# > 1)); then
+                name="$(docker inspect -f '{{.Name}}' "$cid")"
+                name="${name#/}: "
+            fi
+            if [[ "$state" != "${last[$cid]:-}" ]]; then
+                log "${name}status=$status health=$health restarts=$restarts"
+                last[$cid]="$state"
+            fi
+            [[ $health == none ]] && fail "${name}container has no healthcheck"
+            [[ $health == unhealthy ]] && fail "${name}container became unhealthy"
+            [[ $status == exited || $status == dead || $restarts != 0 ]] \
+                && fail "${name}container stopped (status=$status, restarts=$restarts)"
+            [[ $health == healthy ]] || all=0
+        done
+        ((all)) && break
+        ((SECONDS < deadline)) || fail "not healthy after ${HEALTH_TIMEOUT}s"
+        sleep 2
+    done
+    log "healthy after $((SECONDS - STEP_T0))s"
+}
+
 # serve LABEL EXPECTED_MODELS [extra compose files...]: compose up, wait for healthy,
 # check /healthz, /readyz (EXPECTED_MODELS loaded) and /sample?n=5&seed=1.
 serve() {
@@ -353,23 +427,7 @@ serve() {
     log "container ${cid:0:12} publishes 127.0.0.1:$CTM_HOST_PORT -> 8000"
 
     step "wait for healthy: $label (timeout ${HEALTH_TIMEOUT}s)"
-    local deadline=$((SECONDS + HEALTH_TIMEOUT)) last="" state status health restarts
-    while :; do
-        state="$(docker inspect -f '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.RestartCount}}' "$cid")"
-        read -r status health restarts <<<"$state"
-        if [[ "$state" != "$last" ]]; then
-            log "status=$status health=$health restarts=$restarts"
-            last="$state"
-        fi
-        [[ $health == healthy ]] && break
-        [[ $health == none ]] && fail "container has no healthcheck"
-        [[ $health == unhealthy ]] && fail "container became unhealthy"
-        [[ $status == exited || $status == dead || $restarts != 0 ]] \
-            && fail "container stopped (status=$status, restarts=$restarts)"
-        ((SECONDS < deadline)) || fail "not healthy after ${HEALTH_TIMEOUT}s"
-        sleep 2
-    done
-    log "healthy after $((SECONDS - STEP_T0))s"
+    wait_healthy "$cid"
 
     step "HTTP checks: $label"
     python3 - "$CTM_HOST_PORT" "$expected" <<'EOF'
@@ -450,5 +508,168 @@ chmod 755 "$CKPT_TMP"
 chmod 644 "$CKPT_TMP"/*.safetensors
 export CTM_CHECKPOINTS="$CKPT_TMP"
 serve "host folder mounted ($(basename "$one") only)" 1 compose.host-checkpoints.yaml
+
+# 3. Replicas behind nginx (compose.scale.yaml), all mounting the same folder read-only.
+if [[ "${CTM_SMOKE_SCALE:-1}" == 0 ]]; then
+    end_step
+    log "CTM_SMOKE_SCALE=0: skipping the replicas behind nginx"
+    exit 0
+fi
+REPLICAS="${CTM_SMOKE_REPLICAS:-2}"
+export CTM_RELOAD_POLL_S="${CTM_SMOKE_POLL_S:-2}"
+# A checkpoint to add while they serve: another shipped one, or a copy of the first under a
+# new name.
+added="$(basename "$one" .safetensors)_copy.safetensors"
+for ckpt in "${ckpts[@]}"; do
+    if [[ "$ckpt" != "$one" ]]; then
+        added="$(basename "$ckpt")"
+        break
+    fi
+done
+
+step "compose up: $REPLICAS replicas behind nginx"
+log "compose down (project $PROJECT): frees port $CTM_HOST_PORT for nginx"
+compose down --remove-orphans 2>&1 | sed 's/^/    /'
+STARTED_PROJECT=0
+STARTED_SCALE_PROJECT=1
+scale_compose down --remove-orphans >/dev/null 2>&1 || true # leftovers of an interrupted run
+log "CTM_CHECKPOINTS=$CKPT_TMP ($(basename "$one") only) CTM_RELOAD_POLL_S=$CTM_RELOAD_POLL_S"
+log "${COMPOSE[*]} -f docker/compose.scale.yaml -p $SCALE_PROJECT up -d --no-build --scale ctm-serve=$REPLICAS"
+scale_compose up -d --no-build --scale ctm-serve="$REPLICAS" 2>&1 | sed 's/^/    /'
+mapfile -t replicas < <(scale_compose ps -q ctm-serve)
+nginx_cid="$(scale_compose ps -q nginx)"
+((${#replicas[@]} == REPLICAS)) || fail "expected $REPLICAS ctm-serve containers, got ${#replicas[@]}"
+[[ -n "$nginx_cid" ]] || fail "no container for service nginx"
+[[ -z "$(docker inspect -f '{{range $p, $b := .HostConfig.PortBindings}}{{$p}} {{end}}' "${replicas[@]}" | tr -d '[:space:]')" ]] \
+    || fail "a replica publishes a host port"
+log "replicas publish no port; nginx publishes 127.0.0.1:$CTM_HOST_PORT -> 8000"
+
+step "wait for healthy: $REPLICAS replicas and nginx (timeout ${HEALTH_TIMEOUT}s)"
+wait_healthy "${replicas[@]}" "$nginx_cid"
+
+step "HTTP checks through nginx: every replica answers, alike; reload from the shared folder"
+# Each replica as NAME=ADDRESS, its address on the project network (what X-Served-By names).
+replica_args=()
+for cid in "${replicas[@]}"; do
+    replica_args+=("$(docker inspect -f '{{.Name}}={{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$cid")")
+done
+ro_out="$(docker exec "${replicas[0]}" touch /app/checkpoints/x 2>&1)" \
+    && fail "the checkpoint folder is writable from a replica"
+log "checkpoint folder read-only in the replicas: ${ro_out##*: }"
+python3 - "$CTM_HOST_PORT" "$one" "$REPO_ROOT/checkpoints/$added" "$CKPT_TMP/$added" \
+    "$CTM_RELOAD_POLL_S" "${replica_args[@]}" <<'EOF'
+import json, os, shutil, subprocess, sys, time, urllib.error, urllib.request
+
+port, first, source, target, poll = sys.argv[1:6]
+poll = float(poll)
+replicas = dict(arg.lstrip("/").split("=", 1) for arg in sys.argv[6:])  # name -> address
+by_address = {address: name for name, address in replicas.items()}
+base = f"http://127.0.0.1:{port}"
+
+
+def get(path):
+    try:
+        with urllib.request.urlopen(base + path, timeout=30) as r:
+            status, body, served_by = r.status, r.read(), r.headers.get("X-Served-By")
+    except urllib.error.HTTPError as e:
+        status, body, served_by = e.code, e.read(), e.headers.get("X-Served-By")
+    if status != 200:
+        sys.exit(f"    GET {path} -> {status} (from {served_by}): {body[:300].decode(errors='replace')}")
+    return body, served_by
+
+
+def from_every_replica(path):
+    """GET path through nginx until every replica has answered; their bodies must be equal."""
+    answers, counts = {}, {}
+    for _ in range(20 * len(replicas)):
+        body, served_by = get(path)
+        if not served_by:
+            sys.exit(f"    GET {path}: no X-Served-By header")
+        address = served_by.split(",")[-1].strip().rsplit(":", 1)[0]  # the last one tried answered
+        if address not in by_address:
+            sys.exit(f"    GET {path}: X-Served-By {served_by} is none of the replicas {replicas}")
+        name = by_address[address]
+        counts[name] = counts.get(name, 0) + 1
+        answers.setdefault(name, json.loads(body))
+        if len(answers) == len(replicas):
+            break
+    missing = sorted(set(replicas) - set(answers))
+    if missing:
+        sys.exit(f"    GET {path}: {missing} never answered in {sum(counts.values())} requests ({counts})")
+    firsts = list(answers.values())
+    if any(answer != firsts[0] for answer in firsts[1:]):
+        sys.exit(f"    GET {path}: replicas answered differently: {answers}")
+    shown = ", ".join(f"{name} ×{count}" for name, count in sorted(counts.items()))
+    print(f"    GET {path} -> 200 from every replica ({shown}), identical answers")
+    return firsts[0]
+
+
+body, _ = get("/nginx-health")
+print(f"    GET /nginx-health -> 200: {body.decode().strip()}")
+ready = from_every_replica("/readyz")
+print(f"      models {ready.get('models')}")
+name = os.path.basename(first).removesuffix(".safetensors")
+sample = from_every_replica(f"/sample?model={name}&n=5&seed=1")
+print(f"      {name}: sha256 {sample['model_sha256'][:12]}, samples {str(sample['samples'])[:80]}")
+
+# Hot reload: a watcher in each replica asks its own /models every 0.1 s; once all report the
+# new model missing, the file is put into the shared folder (a temporary name, then a rename,
+# as ctm_core's checkpoint writer does), and each watcher reports when the model appeared.
+added = os.path.basename(target).removesuffix(".safetensors")
+watch = """if 1:
+    import json, sys, time, urllib.request
+    name, limit = sys.argv[1], float(sys.argv[2])
+    def names():
+        with urllib.request.urlopen("http://127.0.0.1:8000/models", timeout=10) as r:
+            return [m["name"] for m in json.load(r)["models"]]
+    print("present" if name in names() else "absent", flush=True)
+    sys.stdin.readline()  # the file is in place
+    end = time.time() + limit
+    while time.time() < end:
+        if name in names():
+            print(time.time(), flush=True)
+            break
+        time.sleep(0.1)
+    else:
+        print("timeout", flush=True)
+"""
+limit = 2 * poll + 15
+watchers = {
+    replica: subprocess.Popen(
+        ["docker", "exec", "-i", replica, "python", "-c", watch, added, str(limit)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    for replica in replicas
+}
+for replica, proc in watchers.items():
+    line = proc.stdout.readline().strip()
+    if line != "absent":
+        sys.exit(f"    {replica}: {added} should not be served yet: {line or 'watcher failed'}")
+tmp = os.path.join(os.path.dirname(target), f".{added}.tmp")
+shutil.copyfile(source, tmp)
+os.chmod(tmp, 0o644)
+os.replace(tmp, target)
+t0 = time.time()
+for proc in watchers.values():
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+seen = {}
+for replica, proc in watchers.items():
+    out, _ = proc.communicate(timeout=limit + 30)
+    line = out.strip()
+    if proc.returncode != 0 or line in ("", "timeout"):
+        sys.exit(f"    {replica}: {added} not served within {limit:g} s of the copy ({line or proc.returncode})")
+    seen[replica] = float(line) - t0
+shown = ", ".join(f"{replica} {seconds:.1f} s" for replica, seconds in sorted(seen.items()))
+print(f"    {os.path.basename(target)} copied into the shared folder; in /models of {shown}"
+      f" (CTM_RELOAD_POLL_S={poll:g})")
+# One poll interval, plus loading the file on a busy machine.
+late = {replica: s for replica, s in seen.items() if s > poll + 5}
+if late:
+    sys.exit(f"    later than the poll interval ({poll:g} s) + 5 s: {late}")
+sample = from_every_replica(f"/sample?model={added}&n=5&seed=1")
+print(f"      {added}: sha256 {sample['model_sha256'][:12]}, samples {str(sample['samples'])[:80]}")
+EOF
+log "HTTP checks through nginx passed"
 
 end_step
