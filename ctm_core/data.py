@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,8 @@ import numpy as np
 SUPPORTED_EXTENSIONS = (".npy", ".csv", ".txt")
 # .npy files above this size are memory-mapped rather than read whole before conversion.
 _MMAP_BYTES = 64 * 2**20
+# Checks and statistics walk large arrays in chunks of this many values (bounded memory).
+CHUNK_VALUES = 2**20
 _NPY_MAGIC = b"\x93NUMPY"
 
 
@@ -72,6 +75,12 @@ def _load_txt(path: Path) -> np.ndarray:
 
 def _load_npy(path: Path) -> np.ndarray:
     """A numeric .npy array of shape (n,) or (n, 1) as float64 (n,); never unpickles."""
+    return np.array(_open_npy(path, mmap=path.stat().st_size > _MMAP_BYTES), dtype=np.float64)
+
+
+def _open_npy(path: Path, mmap: bool) -> np.ndarray:
+    """A numeric .npy array of shape (n,) or (n, 1) as a view of shape (n,) in the file's own
+    dtype: memory-mapped read-only with `mmap`, else read whole; never unpickles."""
     with path.open("rb") as f:
         magic = f.read(len(_NPY_MAGIC))
     # Checked first: np.load treats any unrecognised file as a pickle.
@@ -79,9 +88,8 @@ def _load_npy(path: Path) -> np.ndarray:
         if magic.startswith(b"PK"):
             raise DataFileError(f"{path}: a zip archive (.npz?), not a single .npy array")
         raise DataFileError(f"{path}: not a valid .npy file (no NumPy header)")
-    mmap_mode = "r" if path.stat().st_size > _MMAP_BYTES else None
     try:
-        array = np.load(path, allow_pickle=False, mmap_mode=mmap_mode)
+        array = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except ValueError as err:
         if "pickle" in str(err) or "Python objects" in str(err):
             raise DataFileError(
@@ -97,14 +105,19 @@ def _load_npy(path: Path) -> np.ndarray:
         array = array[:, 0]
     if array.ndim != 1:
         raise DataFileError(f"{path}: array of shape {array.shape}; expected shape (n,) or (n, 1)")
-    return np.array(array, dtype=np.float64)
+    return array
 
 
 _LOADERS = {".npy": _load_npy, ".csv": _load_csv, ".txt": _load_txt}
 
 
-def load_data_file(path: str | Path) -> np.ndarray:
-    """Validated 1D data from .npy, .csv or .txt as float64 (n,), n ≥ 2, all finite."""
+def load_data_file(path: str | Path, mmap_min_values: int | None = None) -> np.ndarray:
+    """Validated 1D data from .npy, .csv or .txt as float64 (n,), n ≥ 2, all finite.
+
+    With `mmap_min_values`, a .npy file of at least that many values comes back as a read-only
+    `np.memmap` of shape (n,) in the file's own dtype instead: nothing is copied into memory (the
+    checks walk it in chunks), so several processes can sample one file through the page cache.
+    """
     path = Path(path)
     if not path.exists():
         raise DataFileError(f"{path}: file not found")
@@ -116,14 +129,37 @@ def load_data_file(path: str | Path) -> np.ndarray:
         raise DataFileError(f"{path}: unsupported extension {ext!r}; expected one of {expected}")
     if path.stat().st_size == 0:
         raise DataFileError(f"{path}: file is empty")
-    values = _LOADERS[ext](path)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        first = int(np.argmax(bad))
-        raise DataFileError(f"{path}: {int(bad.sum())} NaN or infinite values; the first at index {first}")
+    values: np.ndarray | None = None
+    if ext == ".npy" and mmap_min_values is not None:
+        mapped = _open_npy(path, mmap=True)
+        if mapped.size >= mmap_min_values:
+            values = mapped
+    if values is None:
+        values = _LOADERS[ext](path)
+    _check_finite(path, values)
     if values.size < 2:
         raise DataFileError(f"{path}: needs at least 2 values, found {values.size}")
     return values
+
+
+def _chunks(values: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(offset, values[offset:offset + CHUNK_VALUES] as float64), over the whole array."""
+    for start in range(0, values.size, CHUNK_VALUES):
+        yield start, np.asarray(values[start : start + CHUNK_VALUES], dtype=np.float64)
+
+
+def _check_finite(path: Path, values: np.ndarray) -> None:
+    """DataFileError counting the NaN or infinite values and naming the first one's index."""
+    if values.dtype.kind != "f":
+        return
+    count, first = 0, -1
+    for start, chunk in _chunks(values):
+        bad = ~np.isfinite(chunk)
+        if bad.any():
+            first = start + int(np.argmax(bad)) if first < 0 else first
+            count += int(bad.sum())
+    if count:
+        raise DataFileError(f"{path}: {count} NaN or infinite values; the first at index {first}")
 
 
 def split_holdout(values: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -144,7 +180,20 @@ def split_holdout(values: np.ndarray, fraction: float, seed: int) -> tuple[np.nd
 
 
 def data_statistics(values: np.ndarray) -> dict[str, float | int]:
-    """{"n", "mean", "std" (population), "min", "max"} as plain Python numbers."""
+    """{"n", "mean", "std" (population), "min", "max"} as plain Python numbers.
+
+    An array larger than one chunk (a memory-mapped file) is read in chunks, twice (mean, then
+    the spread about it), never copied whole.
+    """
+    if values.size > CHUNK_VALUES:
+        total, low, high = 0.0, np.inf, -np.inf
+        for _, chunk in _chunks(values):
+            total += float(chunk.sum())
+            low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
+        mean = total / values.size
+        spread = sum(float(((chunk - mean) ** 2).sum()) for _, chunk in _chunks(values))
+        std = (spread / values.size) ** 0.5
+        return {"n": int(values.size), "mean": mean, "std": std, "min": low, "max": high}
     values = np.asarray(values, dtype=np.float64)
     return {
         "n": int(values.size),

@@ -2,6 +2,8 @@
 
 Distillation (default): an EDM teacher first, then the CTM student from it; `--mode scratch`
 trains the student alone. Prints an evaluation table at the end and writes one safetensors file.
+Under `torchrun --nproc_per_node=N`, N processes train one model with DistributedDataParallel
+(--batch-size is per process); rank 0 prints, evaluates and writes the files.
 """
 
 import argparse
@@ -9,26 +11,53 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from pydantic import ValidationError
 from scipy import stats
 
-from ctm_core.checkpoint import CheckpointError, checkpoint_metadata, load_checkpoint, save_checkpoint
+from ctm_core.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    checkpoint_metadata,
+    load_checkpoint,
+    save_checkpoint,
+)
 from ctm_core.config import NoiseConfig, TrainConfig, default_config
 from ctm_core.data import DataFileError, data_statistics, load_data_file, split_holdout
+from ctm_core.distributed import (
+    AMP_CHOICES,
+    BACKENDS,
+    Group,
+    LaunchError,
+    launch_from_env,
+    process_group,
+    resolve_amp,
+    resolve_backend,
+)
 from ctm_core.evaluation import evaluate, format_table
 from ctm_core.likelihood import log_prob
 from ctm_core.parametrization import CTMParametrization
+from ctm_core.shards import EVAL_HOLDOUT_VALUES, EVAL_TRAIN_VALUES, MappedData, shard
 from ctm_core.tasks import TASKS, EmpiricalTask, Task, get_task
 from ctm_core.trainer import Trainer
+
+# --mmap auto: .npy files of at least this many values are sampled in place from the mapped file.
+MMAP_MIN_VALUES = 2**22
+_Result = TypeVar("_Result")
 
 
 class UsageError(Exception):
     """A problem with the command line or its inputs: reported in one line, exit code 2."""
+
+
+class _SharedFailure(UsageError):
+    """A usage error that every rank of a distributed run has agreed on (see `_agreed`)."""
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -107,6 +136,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=1, help="torch CPU threads (1 is fastest for this small MLP)"
     )
     run.add_argument(
+        "--amp",
+        choices=AMP_CHOICES,
+        default="auto",
+        help="bfloat16 mixed precision: auto = on with CUDA, off on the CPU",
+    )
+    run.add_argument(
+        "--dist-backend",
+        choices=BACKENDS,
+        default="auto",
+        help="under torchrun: the process group's backend (auto = nccl with CUDA, gloo on the CPU)",
+    )
+    run.add_argument(
+        "--mmap",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help=f"--data .npy: sample the memory-mapped file in place (auto: from {MMAP_MIN_VALUES:,} "
+        "values; off: read it into memory)",
+    )
+    run.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -181,11 +229,19 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise UsageError(f"invalid setting {where}: {first['msg']}") from None
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """The training device; under torchrun, CUDA means this node's GPU number LOCAL_RANK."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available (use cpu or auto)")
+    if name == "cuda" and local_rank is not None:
+        if local_rank >= torch.cuda.device_count():
+            raise UsageError(
+                f"LOCAL_RANK {local_rank}: this node has {torch.cuda.device_count()} CUDA device(s); "
+                "start at most that many processes per node"
+            )
+        return torch.device("cuda", local_rank)
     return torch.device(name)
 
 
@@ -196,27 +252,82 @@ def load_task(config: TrainConfig) -> tuple[Task, np.ndarray | None, dict[str, A
         return task, None, {"name": task.name, "description": task.description, "kind": task.kind}
     values = load_data_file(config.data)
     train, holdout = split_holdout(values, config.holdout, config.seed)
-    name = Path(config.data).stem
-    task = EmpiricalTask(train, name=name)
+    task = EmpiricalTask(train, name=Path(config.data).stem)
+    return task, holdout, _data_info(config, data_statistics(values), train.size, holdout.size, task)
+
+
+def _data_info(
+    config: TrainConfig, statistics: dict[str, Any], n_train: int, n_holdout: int, task: EmpiricalTask | None
+) -> dict[str, Any]:
+    """The metadata's description of --data; `task` (the training values) gives the KDE points."""
+    assert config.data is not None
     info = {
-        "name": name,
+        "name": Path(config.data).stem,
         "kind": "data",
-        "description": f"user data from {Path(config.data).name}: {train.size} training values",
+        "description": f"user data from {Path(config.data).name}: {n_train} training values",
         "file": Path(config.data).name,
-        "statistics": data_statistics(values),
+        "statistics": statistics,
         "holdout": config.holdout,
-        "n_train": int(train.size),
-        "n_holdout": int(holdout.size),
-        # A rank-even subset of the training values: enough for a KDE reference in the explorer.
-        "kde_points": [
-            float(v)
-            for v in np.sort(train)[np.linspace(0, train.size - 1, min(train.size, 2000)).astype(int)]
-        ],
+        "n_train": int(n_train),
+        "n_holdout": int(n_holdout),
     }
-    return task, holdout, info
+    if task is not None:
+        # A rank-even subset of the training values: enough for a KDE reference in the explorer.
+        v = task.values  # sorted
+        info["kde_points"] = [float(x) for x in v[np.linspace(0, v.size - 1, min(v.size, 2000)).astype(int)]]
+    return info
 
 
-def noise_for(config: TrainConfig, task: Task) -> TrainConfig:
+@dataclass
+class TrainingData:
+    """What one process trains on, and (on rank 0) what the report measures against.
+
+    `mean` and `std` are those of the whole training split, the same on every rank. `task` and
+    `holdout` are None on the other ranks of a memory-mapped run; `kde` is the held-out
+    likelihood's baseline (None: a KDE of all of task's values).
+    """
+
+    sample: Callable[[int, torch.Generator], torch.Tensor]
+    mean: float
+    std: float
+    task: Task | None
+    holdout: np.ndarray | None
+    info: dict[str, Any]
+    kde: stats.gaussian_kde | None = None
+
+
+def load_training_data(config: TrainConfig, group: Group, mmap: str = "auto") -> TrainingData:
+    """This rank's data: a built-in task (every rank draws its own stream), a shard of an
+    in-memory split, or its blocks of a memory-mapped .npy (`ctm_core.shards`)."""
+    if config.data is None:
+        task, _, info = load_task(config)
+        return TrainingData(task.sample, task.mean, task.std, task, None, info)
+    threshold = {"auto": MMAP_MIN_VALUES, "on": 0, "off": None}[mmap]
+    values = load_data_file(config.data, mmap_min_values=threshold)
+    if not isinstance(values, np.memmap):
+        train, holdout = split_holdout(values, config.holdout, config.seed)
+        task = EmpiricalTask(train, name=Path(config.data).stem)
+        info = _data_info(config, data_statistics(values), train.size, holdout.size, task)
+        own = task if group.world_size == 1 else EmpiricalTask(shard(train, group.rank, group.world_size))
+        return TrainingData(own.sample, task.mean, task.std, task, holdout, info)
+
+    data = MappedData(values, config.holdout, config.seed, group.rank, group.world_size)
+    mean, std = data.train_moments()
+    task = holdout = kde = None
+    if group.is_main:
+        task = EmpiricalTask(data.train_sample(EVAL_TRAIN_VALUES, config.seed), name=Path(config.data).stem)
+        holdout = data.holdout_sample(EVAL_HOLDOUT_VALUES, config.seed + 1)
+        kde = task.kde
+    info = _data_info(config, data_statistics(values), data.n_train, data.n_holdout, task)
+    info["memory_mapped"] = {
+        "block_values": data.block,
+        "reference_values": int(task.values.size) if task else None,
+        "holdout_values_evaluated": int(holdout.size) if holdout is not None else None,
+    }
+    return TrainingData(data.sample, mean, std, task, holdout, info, kde)
+
+
+def noise_for(config: TrainConfig, task: Task | TrainingData) -> TrainConfig:
     """Fill in σ_data and the data's mean from the data, and widen σ_max for widely spread data."""
     noise = config.noise
     update: dict[str, Any] = {}
@@ -231,19 +342,66 @@ def noise_for(config: TrainConfig, task: Task) -> TrainConfig:
     return config.model_copy(update={"noise": noise.model_copy(update=update)}) if update else config
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process trains: its device, mixed precision or not, and its process group."""
+
+    device: torch.device
+    amp: bool
+    group: Group
+
+
+_INPUT_ERRORS = (UsageError, DataFileError, CheckpointError, LaunchError, KeyError)
+
+
+def _message(exc: Exception) -> str:
+    return str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.task == "all":
-            return _train_all(args)
-        return _train(args)
-    except (UsageError, DataFileError, CheckpointError, KeyError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {message}", file=sys.stderr)
+        # Flags, device and backend are checked before any process group exists: a bad command
+        # fails the same way on every rank, and none waits for the others.
+        launch = launch_from_env()
+        device = resolve_device(config_from_args(args).device, launch.local_rank if launch else None)
+        amp = resolve_amp(args.amp, device)
+        backend = resolve_backend(args.dist_backend, device) if launch else "none"
+    except _INPUT_ERRORS as exc:
+        print(f"error: {_message(exc)}", file=sys.stderr)
         return 2
+    with process_group(launch, backend, device) as group:
+        try:
+            runtime = Runtime(device, amp, group)
+            if args.task == "all":
+                return _train_all(args, runtime)
+            return _train(args, runtime)
+        except _INPUT_ERRORS as exc:
+            print(f"error: {_message(exc)}", file=sys.stderr)
+            if isinstance(exc, _SharedFailure):
+                # Every rank is failing here: exit together, once each has said why (torchrun
+                # stops the other ranks as soon as one has exited).
+                group.all_true(True)
+            return 2
 
 
-def _train_all(args: argparse.Namespace) -> int:
+def _agreed(group: Group, prepare: Callable[[], _Result]) -> _Result:
+    """Run `prepare` (what reads files) on every rank; if it fails on any, fail on all with the
+    first failing rank's message, so that no rank waits for another in a collective."""
+    if not group.distributed:
+        return prepare()
+    result, error = None, None
+    try:
+        result = prepare()
+    except _INPUT_ERRORS as exc:
+        error = _message(exc)
+    shared = group.first_error(error)
+    if shared is not None:
+        raise _SharedFailure(shared)
+    return result  # type: ignore[return-value]
+
+
+def _train_all(args: argparse.Namespace, runtime: Runtime) -> int:
     """Every built-in task, one after the other, into <out>/<task>.safetensors (the shipped set)."""
     if args.data is not None or args.resume is not None:
         raise UsageError("--task all takes neither --data nor --resume")
@@ -251,43 +409,66 @@ def _train_all(args: argparse.Namespace) -> int:
     if folder.suffix == ".safetensors":
         raise UsageError("with --task all, --out is a folder (default checkpoints)")
     for name in sorted(TASKS):
-        print(f"== {name}")
+        if runtime.group.is_main:
+            print(f"== {name}")
         task_args = argparse.Namespace(**{**vars(args), "task": name, "out": folder / f"{name}.safetensors"})
-        code = _train(task_args)
+        code = _train(task_args, runtime)
         if code != 0:
             return code
     return 0
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, runtime: Runtime) -> int:
     config = config_from_args(args)
     if args.save_every < 0 or args.eval_n < 0 or args.threads < 1:
         raise UsageError("--save-every and --eval-n must be ≥ 0 and --threads ≥ 1")
-    device = resolve_device(config.device)
+    device, group = runtime.device, runtime.group
     torch.set_num_threads(args.threads)
-    task, holdout, task_info = load_task(config)
-    config = noise_for(config, task)
-    out = args.out or Path("runs") / f"{task_info['name']}.safetensors"
-    if (
-        out.exists()
-        and not args.overwrite
-        and (args.resume is None or out.resolve() != args.resume.resolve())
-    ):
-        raise UsageError(f"{out} exists; pass --overwrite to replace it, or --resume {out}")
 
-    trainer = Trainer(config, task.sample, device, progress=not args.no_progress)
-    if args.resume is not None:
-        _resume(trainer, args.resume, config)
+    def prepare() -> tuple[TrainingData, TrainConfig, Path, tuple[Checkpoint, dict[str, Any]] | None]:
+        data = load_training_data(config, group, args.mmap)
+        noised = noise_for(config, data)
+        out = args.out or Path("runs") / f"{data.info['name']}.safetensors"
+        if (
+            group.is_main
+            and out.exists()
+            and not args.overwrite
+            and (args.resume is None or out.resolve() != args.resume.resolve())
+        ):
+            raise UsageError(f"{out} exists; pass --overwrite to replace it, or --resume {out}")
+        saved = _resume_checkpoint(args.resume, noised, device) if args.resume is not None else None
+        return data, noised, out, saved
 
-    def save(final: bool) -> None:
+    data, config, out, saved = _agreed(group, prepare)
+    task, holdout, task_info = data.task, data.holdout, data.info
+    trainer = Trainer(
+        config,
+        data.sample,
+        device,
+        progress=group.is_main and not args.no_progress,
+        group=group,
+        amp=runtime.amp,
+    )
+    if saved is not None:
+        _resume(trainer, args.resume, *saved)
+
+    def save(final: bool, all_ranks: bool = True) -> None:
+        state = None if final else trainer.state_tensors(all_ranks=all_ranks)  # a collective
+        if not group.is_main:
+            return
         metrics: dict[str, Any] = {}
         if final:
             metrics = {"rows": rows} | ({"heldout_log_likelihood": likelihood} if likelihood else {})
+        training = {**config.model_dump(), "state": trainer.state_metadata()}
+        if group.distributed:
+            training["distributed"] = group.describe()
+            if final and trainer.replicas_sha256:
+                training["distributed"]["replicas_sha256"] = trainer.replicas_sha256
         meta = checkpoint_metadata(
             network=config.network,
             noise=config.noise,
             task=task_info,
-            training={**config.model_dump(), "state": trainer.state_metadata()},
+            training=training,
             metrics=metrics,
         )
         save_checkpoint(
@@ -295,7 +476,7 @@ def _train(args: argparse.Namespace) -> int:
             student=trainer.student_eval,
             teacher=trainer.teacher_eval if config.mode == "distill" else None,
             metadata=meta,
-            state=None if final else trainer.state_tensors(),
+            state=state,
         )
 
     def periodic(t: Trainer, phase: str, step: int) -> None:
@@ -309,17 +490,26 @@ def _train(args: argparse.Namespace) -> int:
     try:
         trainer.run(hook=periodic)
     except KeyboardInterrupt:
-        save(final=False)
-        print(
-            f"\ninterrupted: saved {trainer.state.phase} step {trainer.state.step} to {out}; "
-            f"continue with the same command plus --resume {out}",
-            file=sys.stderr,
-        )
+        save(final=False, all_ranks=False)  # no collective: the other ranks are stopping too
+        if group.is_main:
+            print(
+                f"\ninterrupted: saved {trainer.state.phase} step {trainer.state.step} to {out}; "
+                f"continue with the same command plus --resume {out}",
+                file=sys.stderr,
+            )
         return 130
     finally:
         interrupted()
     train_seconds = time.perf_counter() - started
+    if not group.is_main:
+        return 0  # rank 0 evaluates, reports and writes the checkpoint
     print(f"trained {task_info['name']} ({config.mode}) in {train_seconds:.1f} s of wall time")
+    if group.distributed:
+        print(
+            f"{group.world_size} processes ({group.backend}): every rank held the same weights, EMAs "
+            f"and teacher at the end of each phase (sha256 {trainer.replicas_sha256})"
+        )
+    assert task is not None  # rank 0 always has the task it reports on
 
     if args.eval_n:
         try:
@@ -338,7 +528,9 @@ def _train(args: argparse.Namespace) -> int:
             return 1
         print(format_table(rows))
     if holdout is not None and holdout.size:
-        likelihood.update(heldout_log_likelihood(trainer.student_eval, config.noise, task, holdout))
+        likelihood.update(
+            heldout_log_likelihood(trainer.student_eval, config.noise, task, holdout, kde=data.kde)
+        )
         print(
             f"held-out mean log-likelihood ({holdout.size} values): model {likelihood['model']:.4f}, "
             f"gaussian_kde (Scott) {likelihood['kde']:.4f} nats"
@@ -358,9 +550,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def heldout_log_likelihood(
-    model: CTMParametrization, noise: NoiseConfig, task: EmpiricalTask, holdout: np.ndarray
+    model: CTMParametrization,
+    noise: NoiseConfig,
+    task: EmpiricalTask,
+    holdout: np.ndarray,
+    kde: stats.gaussian_kde | None = None,
 ) -> dict[str, float]:
-    """Mean log p(holdout) under the model's PF-ODE and under a Scott's-rule KDE of the training split."""
+    """Mean log p(holdout) under the model's PF-ODE and under a Scott's-rule KDE of the training
+    split (`kde`, default: fitted on all of task's values)."""
     logp = log_prob(
         model,
         torch.as_tensor(holdout, dtype=torch.float32),
@@ -369,22 +566,39 @@ def heldout_log_likelihood(
         rho=noise.rho,
         data_mean=noise.data_mean or 0.0,
     )
-    kde = stats.gaussian_kde(task.values, bw_method="scott")
+    if kde is None:
+        kde = stats.gaussian_kde(task.values, bw_method="scott")
     return {"model": float(logp.mean()), "kde": float(kde.logpdf(holdout).mean())}
 
 
-def _resume(trainer: Trainer, path: Path, config: TrainConfig) -> None:
-    ckpt = load_checkpoint(path, device=trainer.device)
+def _resume_checkpoint(
+    path: Path, config: TrainConfig, device: torch.device
+) -> tuple[Checkpoint, dict[str, Any]]:
+    """The checkpoint to resume and its saved state, checked against this run's settings."""
+    ckpt = load_checkpoint(path, device=device)
     saved = dict(ckpt.metadata.get("training", {}))
     state = saved.pop("state", None)
+    saved.pop("distributed", None)
     if TrainConfig.model_validate(saved).model_dump(exclude={"device"}) != config.model_dump(
         exclude={"device"}
     ):
         raise UsageError(f"{path} was trained with other settings; resume with the same command")
     if not state or state.get("phase") == "done" or not ckpt.state:
         raise UsageError(f"{path} holds a finished run: nothing to resume")
-    trainer.restore(ckpt.state, state, ckpt.student)
-    print(f"resuming {path}: {state['phase']} step {state['step']}")
+    return ckpt, state
+
+
+def _resume(trainer: Trainer, path: Path, ckpt: Checkpoint, state: dict[str, Any]) -> None:
+    exact = trainer.restore(ckpt.state, state, ckpt.student)
+    group = trainer.group
+    exact = group.all_true(exact) and int(state.get("world_size", 1)) == group.world_size
+    if group.is_main:
+        print(f"resuming {path}: {state['phase']} step {state['step']}")
+        if not exact:
+            print(
+                f"note: saved by {state.get('world_size', 1)} process(es), resumed by "
+                f"{group.world_size}: the data streams differ from those of an uninterrupted run"
+            )
 
 
 def _install_sigint():

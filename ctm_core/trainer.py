@@ -5,6 +5,7 @@ x_T = σ_max·z): every x_t and solver solution x_u the consistency loss needs i
 look-up, which is what makes a CTM step cost about as much as a DSM step.
 """
 
+import contextlib
 import copy
 import math
 import time
@@ -17,6 +18,7 @@ from tqdm import tqdm
 
 from ctm_core.checkpoint import build_model
 from ctm_core.config import TrainConfig
+from ctm_core.distributed import Group, ReplicatedModel, rank_seed, state_digest
 from ctm_core.ema import ema_update
 from ctm_core.losses import ConsistencyLoss, DSMLoss
 from ctm_core.parametrization import CTMParametrization
@@ -83,8 +85,18 @@ def draw_ctm_indices(
     return n, m, k
 
 
+class ReplicaMismatch(RuntimeError):
+    """The ranks of a distributed run no longer hold the same weights (a bug, never expected)."""
+
+
 class Trainer:
-    """Owns the networks, the optimiser, the EMAs and the loop of one training run."""
+    """Owns the networks, the optimiser, the EMAs and the loop of one training run.
+
+    With a distributed `group` (torchrun), every rank runs this loop on its own data stream (seed
+    from `rank_seed`); DistributedDataParallel averages the gradients, so the weights, EMAs and
+    teacher stay identical on every rank (checked at the end of each phase), and the recorded
+    losses are averaged over the ranks. `amp` trains under bfloat16 autocast (CUDA).
+    """
 
     def __init__(
         self,
@@ -92,11 +104,16 @@ class Trainer:
         sample_data: Callable[[int, torch.Generator], torch.Tensor],
         device: torch.device,
         progress: bool = True,
+        group: Group | None = None,
+        amp: bool = False,
     ) -> None:
         self.config = config
         self.sample_data = sample_data
         self.device = device
         self.progress = progress
+        self.group = group or Group()
+        self.amp = amp
+        self.replicas_sha256: str | None = None  # set by the end-of-phase check of a distributed run
         noise = config.noise
         if noise.sigma_data is None or noise.data_mean is None:
             raise ValueError("config.noise.sigma_data and data_mean must be measured before training")
@@ -104,11 +121,15 @@ class Trainer:
         self.grid = training_grid(config).to(device, torch.float32)
 
         torch.manual_seed(config.seed)  # weight initialisation
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.generator = torch.Generator().manual_seed(rank_seed(config.seed, self.group.rank))
         self.online = build_model(config.network, sigma_data, noise.data_mean).to(device)
         self.teacher_eval: CTMParametrization = _frozen_copy(self.online)
         self.student_eval: CTMParametrization = _frozen_copy(self.online)
         self.target: CTMParametrization = _frozen_copy(self.online)
+        # What the losses train: the online network itself, or its DistributedDataParallel view.
+        self.model: CTMParametrization | ReplicatedModel = (
+            ReplicatedModel(self.online, device) if self.group.distributed else self.online
+        )
         self.optimizer = self._new_optimizer(config.teacher.lr)
         self.state = TrainState(phase="teacher" if config.mode == "distill" else "ctm")
         self._pool: torch.Tensor | None = None
@@ -123,13 +144,26 @@ class Trainer:
         """Train to the configured number of steps (resuming where the state stands)."""
         if self.state.phase == "teacher":
             self._loop("teacher", self.config.teacher.steps, self._teacher_step, hook)
+            self.verify_replicas()
             self._start_ctm()
         if self.state.phase == "ctm":
             if self.config.mode == "distill":
                 self.teacher_pool()  # before the progress bar: it is a one-off cost
             self._loop("ctm", self.config.ctm.steps, self._ctm_step, hook)
+            self.verify_replicas()
             self.state.phase = "done"
         return self.state
+
+    def verify_replicas(self) -> None:
+        """Distributed runs: check that every rank holds rank 0's online weights, EMAs and teacher
+        bit for bit (raise ReplicaMismatch otherwise) and record their sha256."""
+        if not self.group.distributed:
+            return
+        models = (self.online, self.target, self.student_eval, self.teacher_eval)
+        flat = torch.cat([p.detach().reshape(-1) for m in models for p in m.state_dict().values()])
+        if not self.group.identical(flat):
+            raise ReplicaMismatch(f"the {self.group.world_size} ranks hold different weights")
+        self.replicas_sha256 = state_digest(self.student_eval, self.teacher_eval)
 
     def _loop(self, phase: str, total: int, step_fn: Callable[[int], float], hook: StepHook | None) -> None:
         base_lr = self.config.teacher.lr if phase == "teacher" else self.config.ctm.lr
@@ -143,22 +177,44 @@ class Trainer:
         )
         started = time.perf_counter()
         running = None
+        losses = self.state.losses[phase]
+        averaged = len(losses)  # losses[averaged:] are this rank's own, not yet averaged over ranks
         try:
             while self.state.step < total:
                 for group in self.optimizer.param_groups:
                     group["lr"] = cosine_lr(base_lr, self.state.step, total)
                 loss = step_fn(self.state.step)
-                self.state.losses[phase].append(loss)
-                running = loss if running is None else 0.98 * running + 0.02 * loss
+                losses.append(loss)
+                if not self.group.distributed:
+                    running = loss if running is None else 0.98 * running + 0.02 * loss
                 self.state.step += 1
                 bar.update(1)
                 if self.state.step % 50 == 0:
+                    if self.group.distributed:  # one all_reduce per 50 steps, not one per step
+                        running = self._average_losses(losses, averaged, running)
+                        averaged = len(losses)
                     bar.set_postfix(loss=f"{running:.4g}")
                 if hook is not None:
                     hook(self, phase, self.state.step)
+            if self.group.distributed:
+                self._average_losses(losses, averaged, running)
         finally:
             self.state.wall_seconds += time.perf_counter() - started
             bar.close()
+
+    def _average_losses(self, losses: list[float], start: int, running: float | None) -> float | None:
+        """Replace losses[start:] by their means over the ranks; return the running mean updated."""
+        if len(losses) > start:
+            losses[start:] = self.group.mean(torch.tensor(losses[start:])).tolist()
+            for loss in losses[start:]:
+                running = loss if running is None else 0.98 * running + 0.02 * loss
+        return running
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """bfloat16 autocast when training with mixed precision, else nothing at all."""
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def _teacher_step(self, step: int) -> float:
         cfg = self.config.teacher
@@ -169,7 +225,8 @@ class Trainer:
             if cfg.reference_size:
                 extra = self.sample_data(cfg.reference_size, self.generator).to(self.device)
                 reference = torch.cat([x0, extra])
-        loss = self.dsm_teacher(self.online, x0, self.generator, reference)
+        with self._autocast():
+            loss = self.dsm_teacher(self.model, x0, self.generator, reference)
         self._optimise(loss)
         ema_update(self.teacher_eval, self.online, self.config.teacher.eval_ema)
         return loss.item()
@@ -206,11 +263,12 @@ class Trainer:
             x_t = x0 + self.grid[n] * torch.randn(batch, generator=self.generator).to(self.device)
             x_u = self._heun_step(x_t, self.grid[n], self.grid[m])
         t, u, s = self.grid[n], self.grid[m], self.grid[k]
-        loss = self.consistency(self.online, self.target, x_t, t, x_u, u, s)
-        if cfg.lambda_dsm > 0:
-            x0 = self.sample_data(batch, self.generator).to(self.device)
-            reference = x0 if cfg.stable_target else None
-            loss = loss + cfg.lambda_dsm * self.dsm_teacher(self.online, x0, self.generator, reference)
+        with self._autocast():
+            loss = self.consistency(self.model, self.target, x_t, t, x_u, u, s)
+            if cfg.lambda_dsm > 0:
+                x0 = self.sample_data(batch, self.generator).to(self.device)
+                reference = x0 if cfg.stable_target else None
+                loss = loss + cfg.lambda_dsm * self.dsm_teacher(self.model, x0, self.generator, reference)
         self._optimise(loss)
         ema_update(self.target, self.online, cfg.target_ema)
         ema_update(self.student_eval, self.online, cfg.eval_ema)
@@ -225,7 +283,9 @@ class Trainer:
         return x + (u - t) * 0.5 * (d + d_next)
 
     def teacher_pool(self) -> torch.Tensor:
-        """The teacher's Heun trajectories on the training grid, shape (grid_points, pool_size)."""
+        """The teacher's Heun trajectories on the training grid, shape (grid_points, pool_size).
+
+        Seeded from the run's seed alone, and broadcast from rank 0: the same on every rank."""
         if self._pool is None:
             cfg = self.config.ctm
             pool_gen = torch.Generator().manual_seed(self.config.seed + 1)
@@ -235,7 +295,7 @@ class Trainer:
             )
             with torch.inference_mode():
                 traj = sample_heun(self.teacher_eval, x_T.to(self.device), self.grid.double())
-            self._pool = traj.states.clone()
+            self._pool = self.group.broadcast(traj.states.clone())
         return self._pool
 
     def _optimise(self, loss: torch.Tensor) -> None:
@@ -247,8 +307,12 @@ class Trainer:
         return torch.optim.Adam(self.online.parameters(), lr=lr)
 
     # ---- resumable state ------------------------------------------------------------------
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        """Everything beyond the shipped weights that resuming needs, as flat tensors."""
+    def state_tensors(self, all_ranks: bool = True) -> dict[str, torch.Tensor]:
+        """Everything beyond the shipped weights that resuming needs, as flat tensors.
+
+        The random state is rank 0's under "rng" and rank r's under "rng.r": gathering those is a
+        collective (every rank calls this at the same step), skipped with `all_ranks=False`.
+        """
         tensors = {f"online.{k}": v for k, v in self.online.state_dict().items()}
         tensors |= {f"target.{k}": v for k, v in self.target.state_dict().items()}
         tensors |= {f"teacher_eval.{k}": v for k, v in self.teacher_eval.state_dict().items()}
@@ -256,15 +320,26 @@ class Trainer:
             for key, value in slots.items():
                 tensors[f"optim.{index}.{key}"] = torch.as_tensor(value)
         tensors["rng"] = self.generator.get_state()
+        if self.group.distributed and all_ranks:
+            states = self.group.all_gather(self.generator.get_state())
+            tensors["rng"] = states[0]
+            tensors |= {f"rng.{rank}": state for rank, state in enumerate(states) if rank > 0}
         return tensors
 
     def state_metadata(self) -> dict[str, Any]:
-        return {"phase": self.state.phase, "step": self.state.step}
+        meta: dict[str, Any] = {"phase": self.state.phase, "step": self.state.step}
+        if self.group.world_size > 1:
+            meta["world_size"] = self.group.world_size
+        return meta
 
     def restore(
         self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], student: CTMParametrization
-    ) -> None:
-        """Load what `state_tensors` saved (plus the evaluation student) to continue a run."""
+    ) -> bool:
+        """Load what `state_tensors` saved (plus the evaluation student) to continue a run.
+
+        Returns whether this rank's random state was saved; if not (the run was saved by fewer
+        processes, or by rank 0 alone on Ctrl-C), the rank starts its stream afresh from its seed.
+        """
 
         def part(prefix: str) -> dict[str, torch.Tensor]:
             return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
@@ -283,7 +358,13 @@ class Trainer:
             slots.setdefault(int(index), {})[key] = value
         optim["state"] = slots
         self.optimizer.load_state_dict(optim)
-        self.generator.set_state(tensors["rng"])
+        rank = self.group.rank
+        rng = tensors.get("rng" if rank == 0 else f"rng.{rank}")
+        if rng is None:
+            self.generator.manual_seed(rank_seed(self.config.seed, rank))
+            return False
+        self.generator.set_state(rng)
+        return True
 
 
 def _frozen_copy(model: CTMParametrization) -> CTMParametrization:
