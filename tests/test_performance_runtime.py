@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import service.runtime
 from ctm_core.checkpoint import build_model
 from ctm_core.config import NetworkConfig
 from ctm_core.parametrization import CTMParametrization
@@ -36,8 +37,20 @@ def test_aligned() -> None:
     assert [aligned(n) for n in (1, ROW_ALIGN, ROW_ALIGN + 1)] == [ROW_ALIGN, ROW_ALIGN, 2 * ROW_ALIGN]
 
 
+@pytest.fixture(params=["onednn", "addmm"])
+def matmul(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each path of the hidden layers' matrix products: oneDNN's linear, and BLAS addmm."""
+    monkeypatch.setattr(service.runtime, "_ONEDNN_LINEAR", request.param == "onednn")
+    return request.param
+
+
+def test_onednn_linear_is_found_on_this_build() -> None:
+    # The CPU wheel the project pins ships oneDNN; losing it would halve the runtime's speed.
+    assert service.runtime._ONEDNN_LINEAR is torch.backends.mkldnn.is_available()
+
+
 @pytest.mark.parametrize("n", [1, 5, 16, 1000, 5003])
-def test_matches_the_eager_model(model: CTMParametrization, n: int) -> None:
+def test_matches_the_eager_model(model: CTMParametrization, n: int, matmul: str) -> None:
     runtime = FoldedCTM(model)
     x = 3 * torch.randn(n, generator=torch.Generator().manual_seed(n))
     with torch.inference_mode():
