@@ -61,6 +61,11 @@ class Batcher(Generic[J, R]):
         return await future  # cancelling the caller cancels `future`: a waiting job is then dropped
 
     @property
+    def idle(self) -> bool:
+        """No batch running and no job waiting."""
+        return self._running == 0 and not self._waiting
+
+    @property
     def waiting(self) -> int:
         """Jobs queued for a slot (cancelled ones included until the next dispatch drops them)."""
         return len(self._waiting)

@@ -29,7 +29,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from ctm_core.samplers import SAMPLERS, NoiseMode, SamplerName, latent
+from ctm_core.samplers import SAMPLERS, NoiseMode, SamplerName, latent, nfe_of
 from ctm_core.schedules import get_sigmas
 from service.batching import Batcher
 from service.config import DeviceName, Settings
@@ -101,6 +101,10 @@ def use_threads(threads: int) -> None:
     ROWS.configure(threads)
 
 
+# A job of at most this many rows × network evaluations (about 2.5 ms on one core) that arrives
+# alone runs on the event loop's own thread: the hop to a pool thread and back costs 0.12 ms, a
+# sixth of a lone 1,000-sample request (docs/PERFORMANCE.md).
+INLINE_MAX_ROW_EVALS = 4096
 # Most rows in one batch (CTM_BATCH_MAX_ROWS): 16,384 measured best with 64 clients at n = 100 to
 # 1,000 (docs/PERFORMANCE.md); larger batches only make their first jobs wait longer.
 MAX_BATCH_ROWS = 16384
@@ -196,13 +200,16 @@ class InferenceEngine:
     ) -> None:
         self.device = device
         self.torch_threads = torch_threads
-        ROWS.configure(torch_threads)
+        # Built on the event loop's thread, which runs lone small jobs itself (`_alone`): its ops
+        # single-threaded too (OpenMP's thread count is per calling thread).
+        use_threads(torch_threads)
         self._executor = ThreadPoolExecutor(
             max_workers=inference_threads,
             thread_name_prefix="ctm-inference",
             initializer=use_threads,
             initargs=(torch_threads,),
         )
+        self._arriving = 0  # small jobs deciding whether they are alone (`_alone`)
         self._batcher: Batcher[SamplingJob, SamplingResult] = Batcher(
             self._executor,
             self._run,
@@ -228,7 +235,10 @@ class InferenceEngine:
     async def sample(self, job: SamplingJob) -> SamplingResult:
         """The trajectory for `job`; raises ValueError if ctm_core refuses the arguments."""
         start = time.perf_counter()
-        result, batch = await self._batcher.submit(job)
+        if await self._alone(job):
+            result, batch = run_job(job, self.device), 1
+        else:
+            result, batch = await self._batcher.submit(job)
         logger.info(
             "sampled model=%s sampler=%s steps=%d n=%d seed=%d noise=%s nfe=%d batch=%d seconds=%.4f",
             job.model.name,
@@ -242,6 +252,21 @@ class InferenceEngine:
             time.perf_counter() - start,
         )
         return result
+
+    async def _alone(self, job: SamplingJob) -> bool:
+        """Whether a small CPU job is the only one in the process, so it may run inline.
+
+        Requests that reach the server together get their tasks in the same turn of the event
+        loop; yielding once lets them all get here before any decides, and then none is alone.
+        """
+        if self.device.type != "cpu" or job.n * nfe_of(job.sampler, job.steps) > INLINE_MAX_ROW_EVALS:
+            return False
+        self._arriving += 1
+        try:
+            await asyncio.sleep(0)
+            return self._arriving == 1 and self._batcher.idle
+        finally:
+            self._arriving -= 1
 
     async def call(self, fn: Callable[..., T], *args: object) -> T:
         """fn(*args) on the same pool: other CPU work of a request (figures, metrics) shares its budget."""

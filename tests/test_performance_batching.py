@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Hashable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,7 @@ import torch
 
 from ctm_core.config import NetworkConfig, NoiseConfig
 from ctm_core.samplers import generate
+from service import inference
 from service.app import create_app
 from service.batching import Batcher
 from service.config import Settings
@@ -202,3 +204,38 @@ async def test_same_request_same_samples_under_concurrent_load(
             batches += [int(m.group(1)) for m in found if m]
     assert len(batches) == 2 * len(mix)
     assert max(batches) > 5  # the load was batched, not run one request at a time
+
+
+# ---- a lone small job runs on the event loop's thread ----------------------------------------------
+
+
+async def test_a_lone_small_job_runs_inline_and_concurrent_ones_go_to_the_pool(
+    model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[int] = []
+
+    def recording_run_batch(jobs: list[SamplingJob], device: torch.device) -> list[Any]:
+        threads.append(threading.get_ident())
+        return run_batch(jobs, device)
+
+    monkeypatch.setattr(inference, "run_batch", recording_run_batch)
+    engine = inference.InferenceEngine(CPU, inference_threads=1, torch_threads=1)
+    loop_thread = threading.get_ident()
+    try:
+        small = SamplingJob(model, "multistep", 4, 1000, seed=1, noise="random", gamma=0.0)
+        result = await engine.sample(small)  # 4,000 row-evaluations ≤ INLINE_MAX_ROW_EVALS
+        assert threads == [loop_thread]
+        np.testing.assert_array_equal(result.states, run_job(small, CPU).states)
+
+        large = SamplingJob(model, "multistep", 4, 1100, seed=1, noise="random", gamma=0.0)
+        await engine.sample(large)
+        assert threads[-1] != loop_thread
+
+        threads.clear()
+        together = [SamplingJob(model, "onestep", 1, 10, seed=s, noise="random", gamma=0.0) for s in range(4)]
+        results = await asyncio.gather(*(engine.sample(job) for job in together))
+        assert threads and loop_thread not in threads  # arriving together, none is alone
+        for job, got in zip(together, results, strict=True):
+            np.testing.assert_array_equal(got.states, run_job(job, CPU).states)
+    finally:
+        engine.shutdown()
