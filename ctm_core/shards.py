@@ -18,7 +18,7 @@ BLOCK_VALUES = 1024
 # What rank 0 reads of a memory-mapped split for the report: the reference distribution of the
 # evaluation table (and the explorer's KDE points), and the held-out values.
 EVAL_TRAIN_VALUES = 1_000_000
-EVAL_HOLDOUT_VALUES = 20_000
+EVAL_HOLDOUT_VALUES = 5_000
 
 
 def shard(values: np.ndarray, rank: int, world_size: int) -> np.ndarray:

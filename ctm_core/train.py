@@ -358,6 +358,12 @@ def _message(exc: Exception) -> str:
     return str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
 
 
+def _print_error(exc: Exception) -> None:
+    """One `error:` line on stderr, in one write: the ranks of a run share the stream."""
+    sys.stderr.write(f"error: {_message(exc)}\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -368,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         amp = resolve_amp(args.amp, device)
         backend = resolve_backend(args.dist_backend, device) if launch else "none"
     except _INPUT_ERRORS as exc:
-        print(f"error: {_message(exc)}", file=sys.stderr)
+        _print_error(exc)
         return 2
     with process_group(launch, backend, device) as group:
         try:
@@ -377,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                 return _train_all(args, runtime)
             return _train(args, runtime)
         except _INPUT_ERRORS as exc:
-            print(f"error: {_message(exc)}", file=sys.stderr)
+            _print_error(exc)
             if isinstance(exc, _SharedFailure):
                 # Every rank is failing here: exit together, once each has said why (torchrun
                 # stops the other ranks as soon as one has exited).
