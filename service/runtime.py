@@ -38,8 +38,10 @@ from ctm_core.parametrization import CTMParametrization, c_noise, edm_scalings
 
 ROW_ALIGN = 16
 BLOCK_ROWS = 2048
-# Fewer rows run in the calling thread as one block: sharing them out costs more than it saves.
-PARALLEL_MIN_ROWS = 512
+# Fewer rows run in the calling thread as one block: sharing them out costs more than it saves
+# (with oneDNN, 1,008 rows take 0.61 ms on one thread and 0.70–0.74 ms shared by two, which wake
+# each other; docs/PERFORMANCE.md).
+PARALLEL_MIN_ROWS = 2048
 _CACHE_SIZE = 1024  # noise levels (and (t, s) pairs) kept per model: a K-step schedule uses K
 
 
