@@ -1,6 +1,8 @@
 """service.runtime: the folded CTM runtime matches the eager model, and a row's value ignores its batch."""
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ import service.runtime
 from ctm_core.checkpoint import build_model
 from ctm_core.config import NetworkConfig
 from ctm_core.parametrization import CTMParametrization
+from service.inference import usable_cpus
 from service.runtime import BLOCK_ROWS, ROW_ALIGN, ROWS, FoldedCTM, Runtimes, aligned, batch_invariant
 
 LEVELS = [(80.0, 0.002), (10.0, 0.5), (1.0, 0.999), (0.3, 0.3), (0.002, 0.002)]
@@ -108,3 +111,19 @@ def test_other_networks_run_eagerly_and_unbatched(model: CTMParametrization) -> 
     other = CTMParametrization(_Doubler(), sigma_data=0.5)
     assert runtimes.get(other) == (other, False)
     assert runtimes.known(other) is False
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected_cap"),
+    [("max 100000\n", None), ("150000 100000\n", 2), ("50000 100000\n", 1), ("garbage", None), (None, None)],
+)
+def test_usable_cpus_honours_a_cgroup_quota(
+    tmp_path: Path, cpu_max: str | None, expected_cap: int | None
+) -> None:
+    # A container's `cpus: 1.5` is a quota of 150,000 µs per 100,000 µs: 2 threads, not the host's.
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max)
+    affinity = len(os.sched_getaffinity(0))
+    expected = affinity if expected_cap is None else min(affinity, expected_cap)
+    assert usable_cpus(path) == expected
