@@ -300,7 +300,14 @@ async def drive(
 
         async def one(client: httpx.AsyncClient) -> float:
             start = time.perf_counter()
-            response = await client.get(f"{url}{next(seeds)}")
+            try:
+                response = await client.get(f"{url}{next(seeds)}")
+            except httpx.RemoteProtocolError:
+                # A connection idle past the server's keep-alive timeout (5 s: the warm-up round of
+                # a slow case at c = 64 takes longer) can be closed as the request goes out; a
+                # client then reconnects and sends it again, as any HTTP client does for a GET.
+                start = time.perf_counter()
+                response = await client.get(f"{url}{next(seeds)}")
             if response.status_code != 200:
                 raise RuntimeError(f"{case.label}: {response.status_code} {response.text[:200]}")
             return time.perf_counter() - start
