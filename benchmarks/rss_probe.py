@@ -3,18 +3,18 @@
     python -m benchmarks.rss_probe OUT -- --data values.npy --eval-n 0 ...
     torchrun --standalone --nproc_per_node=2 -m benchmarks.rss_probe OUT -- --data values.npy ...
 
-A thread polls /proc/self/status every 20 ms; at exit the process writes "VmHWM RssAnon RssFile"
+A thread polls /proc/self/status every 20 ms and keeps "VmHWM RssAnon RssFile" in OUT/rss.<RANK>
 (KiB: the peak resident set, and the peaks of its private anonymous part and of its file-backed
-part: mapped files such as a memory-mapped .npy, and the shared libraries) to OUT/rss.<RANK>.
+part: mapped files such as a memory-mapped .npy, and the shared libraries).
 File-backed pages of the same file are one copy in the page cache, whatever the process count.
 Used by benchmarks/train_speed.py; Linux only.
 """
 
 import argparse
-import atexit
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 from ctm_core.train import main as train_main
@@ -43,24 +43,32 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     flags = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
 
+    target = args.out / f"rss.{os.environ.get('RANK', '0')}"
     peaks = read_status()
-    stop = threading.Event()
+    lock = threading.Lock()
+
+    def record() -> None:
+        """Raise the peaks to the current values; the file always holds the peaks so far (a
+        torchrun worker ends with os._exit, without atexit handlers)."""
+        with lock:
+            now = read_status()
+            if any(now[key] > peaks[key] for key in _FIELDS) or not target.exists():
+                peaks.update({key: max(peaks[key], now[key]) for key in _FIELDS})
+                # Replaced whole, never truncated: the process may end at any moment.
+                partial = target.parent / f".{target.name}.partial"
+                partial.write_text(" ".join(str(peaks[key]) for key in _FIELDS) + "\n")
+                os.replace(partial, target)
 
     def poll() -> None:
-        while not stop.wait(0.02):
-            for key, value in read_status().items():
-                peaks[key] = max(peaks[key], value)
+        while True:
+            record()
+            time.sleep(0.02)
 
-    def report() -> None:
-        stop.set()
-        for key, value in read_status().items():
-            peaks[key] = max(peaks[key], value)
-        target = args.out / f"rss.{os.environ.get('RANK', '0')}"
-        target.write_text(" ".join(str(peaks[key]) for key in _FIELDS) + "\n")
-
+    record()
     threading.Thread(target=poll, daemon=True).start()
-    atexit.register(report)
-    return train_main(flags)
+    code = train_main(flags)
+    record()
+    return code
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ excluded; samples/s counts every process's batch); "wall" is the whole command.
 Memory: a .npy of --memory-values float64 values is written to a temporary folder and trained on
 with `--mmap on` (sampled in place) and `--mmap off` (read into memory), in one process and under
 torchrun; each process runs under `benchmarks.rss_probe`, which records its peak resident memory,
-private and file-backed (Linux).
+private and file-backed (Linux); with --repeats, each row shows the median of the rounds.
 """
 
 import argparse
@@ -146,7 +146,8 @@ def memory_runs(values: int, processes: int, args: argparse.Namespace, tmp: Path
     head = f"{'run':<40} {'procs':>5} {'peak RSS':>12} {'private':>12} {'file-backed':>12} {'wall s':>7}"
     size = data.stat().st_size / 2**20
     lines = [
-        f"memory: {values:,} float64 values ({size:.0f} MiB .npy); peak MiB per process (rank 0, 1, …): "
+        f"memory: {values:,} float64 values ({size:.0f} MiB .npy), median of {args.repeats} round(s); "
+        "peak MiB per process (rank 0, 1, …): "
         "the whole resident set, its private (anonymous) part, its file-backed part (mapped files "
         "and shared libraries: one copy in the page cache for all processes)",
         head,
@@ -154,13 +155,18 @@ def memory_runs(values: int, processes: int, args: argparse.Namespace, tmp: Path
     ]
     for label, flags in cases:
         for n in sorted({1, processes}):
-            for old in tmp.glob("rss.*"):
-                old.unlink()
-            probe = ["-m", "benchmarks.rss_probe", str(tmp), "--", *flags]
-            launch = [sys.executable] if n == 1 else _launcher(n)[:-2]
-            _, wall = _run([*launch, *probe], tmp)
-            peaks = np.array([(tmp / f"rss.{rank}").read_text().split() for rank in range(n)], dtype=float)
+            rounds, walls = [], []
+            for _ in range(args.repeats):
+                for old in tmp.glob("rss.*"):
+                    old.unlink()
+                probe = ["-m", "benchmarks.rss_probe", str(tmp), "--", *flags]
+                launch = [sys.executable] if n == 1 else _launcher(n)[:-2]
+                _, wall = _run([*launch, *probe], tmp)
+                walls.append(wall)
+                rounds.append([(tmp / f"rss.{rank}").read_text().split() for rank in range(n)])
+            peaks = np.median(np.array(rounds, dtype=float), axis=0)  # (rank, field), KiB
             shown = [",".join(f"{kib / 1024:.0f}" for kib in column) for column in peaks.T]
+            wall = float(np.median(walls))
             lines.append(f"{label:<40} {n:>5} {shown[0]:>12} {shown[1]:>12} {shown[2]:>12} {wall:>7.1f}")
     return lines
 
@@ -180,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--memory-steps", type=int, default=100, help="steps of each phase in a memory run")
     parser.add_argument(
-        "--repeats", type=int, default=1, help="rounds of the speed runs; each row shows its fastest"
+        "--repeats",
+        type=int,
+        default=1,
+        help="rounds of each run: a speed row shows its fastest, a memory row its median",
     )
     parser.add_argument("--skip-speed", action="store_true", help="only the memory runs")
     args = parser.parse_args(argv)

@@ -8,10 +8,12 @@ gets `Group()`, whose methods return at once without touching torch.distributed.
 
 import hashlib
 import os
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -214,6 +216,17 @@ def process_group(launch: Launch | None, backend: str, device: torch.device) -> 
         yield Group(launch.rank, launch.world_size, backend, comm)
     finally:
         dist.destroy_process_group()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a torchrun worker now, with stdout and stderr flushed, skipping the interpreter's
+    finalization: gloo's worker threads may still be releasing the tensors of the last
+    collective, and one that needs the GIL while the interpreter finalizes aborts the process
+    ("terminate called without an active exception"; pytorch/pytorch#190489). Call it once
+    every file is written and the process group is destroyed."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 class _Calls(nn.Module):

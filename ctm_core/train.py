@@ -35,6 +35,7 @@ from ctm_core.distributed import (
     BACKENDS,
     Group,
     LaunchError,
+    exit_process,
     launch_from_env,
     process_group,
     resolve_amp,
@@ -379,16 +380,17 @@ def main(argv: list[str] | None = None) -> int:
     with process_group(launch, backend, device) as group:
         try:
             runtime = Runtime(device, amp, group)
-            if args.task == "all":
-                return _train_all(args, runtime)
-            return _train(args, runtime)
+            code = _train_all(args, runtime) if args.task == "all" else _train(args, runtime)
         except _INPUT_ERRORS as exc:
             _print_error(exc)
             if isinstance(exc, _SharedFailure):
                 # Every rank is failing here: exit together, once each has said why (torchrun
                 # stops the other ranks as soon as one has exited).
                 group.all_true(True)
-            return 2
+            code = 2
+    if launch is not None:
+        exit_process(code)  # a torchrun worker ends here (see exit_process)
+    return code
 
 
 def _agreed(group: Group, prepare: Callable[[], _Result]) -> _Result:
