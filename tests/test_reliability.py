@@ -173,6 +173,8 @@ async def test_a_request_runs_entirely_on_the_version_it_started_with(
         return real_run_job(job, device)
 
     monkeypatch.setattr(service.inference, "run_job", held_run_job)
+    # Held, the job must wait in a pool thread: run inline (a lone small job) it would hold the loop.
+    monkeypatch.setattr(service.inference, "INLINE_MAX_ROW_EVALS", 0)
     async with serve(folder, admin_token=TOKEN) as client:
         first = asyncio.create_task(client.get("/sample", params=SWAP_PARAMS))
         assert await asyncio.to_thread(started.wait, 10)
