@@ -24,6 +24,7 @@ from ctm_core import train as train_cli
 from ctm_core.checkpoint import CheckpointError, load_checkpoint
 from ctm_core.config import NoiseConfig
 from ctm_core.evaluation import EvalSpec, evaluate
+from ctm_core.machine import cpu_name, usable_cpus
 from ctm_core.parametrization import CTMParametrization
 from ctm_core.samplers import nfe_of
 from ctm_core.tasks import TASKS, Task, get_task
@@ -362,15 +363,7 @@ def summary_markdown(models: list[Model], notes: list[str], header: list[str]) -
 
 
 def machine_line(threads: int) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpu, usable = cpu_name(), usable_cpus()
     return (
         f"{cpu}, {os.cpu_count()} cores ({usable} usable), Python {platform.python_version()}, "
         f"torch {torch.__version__}, {threads} torch thread(s)"

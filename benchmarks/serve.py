@@ -22,7 +22,6 @@ service gets this process's CTM_* variables (e.g. CTM_INFERENCE_THREADS, CTM_BAT
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
@@ -399,13 +398,9 @@ def prepare_checkpoints(folder: Path | None, scratch: Path) -> tuple[Path, str]:
 def machine_info(service_threads: int, checkpoints: str) -> dict[str, Any]:
     import torch
 
-    cpu = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from ctm_core.machine import cpu_name, usable_cpus
+
+    cpu, usable = cpu_name(), usable_cpus()
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),

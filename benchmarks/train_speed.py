@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ctm_core.config import TrainConfig
+from ctm_core.machine import cpu_name, usable_cpus
 
 ROOT = Path(__file__).resolve().parent.parent
 _TRAINED = re.compile(r"trained \S+ \(\w+\) in ([0-9.]+) s of wall time")
@@ -49,15 +50,7 @@ class Run:
 
 
 def machine_line(threads: int) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpu, usable = cpu_name(), usable_cpus()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (
         f"machine: {cpu}, {os.cpu_count()} cores ({usable} usable), Python {platform.python_version()}, "

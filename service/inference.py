@@ -19,18 +19,16 @@ checkpoint's weights (`service.runtime`), under `torch.inference_mode`.
 import asyncio
 import functools
 import logging
-import math
-import os
 import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import torch
 
+from ctm_core.machine import usable_cpus
 from ctm_core.samplers import SAMPLERS, NoiseMode, SamplerName, latent, nfe_of
 from ctm_core.schedules import get_sigmas
 from service.batching import Batcher
@@ -94,18 +92,6 @@ def torch_threads_for(settings: Settings) -> int:
         return settings.torch_threads
     return max(1, usable_cpus() // settings.workers)
 
-
-def usable_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
-    """The CPUs this process may run on, capped by a cgroup v2 CPU quota (a container's `cpus:`),
-    which the affinity mask does not show."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        quota, period = cpu_max.read_text().split()[:2]
-        if quota != "max":
-            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):  # no cgroup v2 file, or one we cannot read: no quota known
-        pass
-    return cpus
 
 
 def use_threads(threads: int) -> None:

@@ -22,6 +22,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from app_client import serve
+from tiny_training import TINY
 
 import ctm_core.distributed as distributed
 from ctm_core import data as data_module
@@ -45,14 +46,6 @@ from ctm_core.train import main
 from ctm_core.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = [
-    "--set", "network.width=16",
-    "--set", "network.depth=2",
-    "--set", "ctm.pool_size=256",
-    "--set", "ctm.grid_points=12",
-    "--batch-size", "64",
-    "--no-progress",
-]  # fmt: skip
 CPU = torch.device("cpu")
 
 

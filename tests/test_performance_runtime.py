@@ -11,8 +11,8 @@ from torch import nn
 import service.runtime
 from ctm_core.checkpoint import build_model
 from ctm_core.config import NetworkConfig
+from ctm_core.machine import usable_cpus
 from ctm_core.parametrization import CTMParametrization
-from service.inference import usable_cpus
 from service.runtime import BLOCK_ROWS, ROW_ALIGN, ROWS, FoldedCTM, Runtimes, aligned, batch_invariant
 
 LEVELS = [(80.0, 0.002), (10.0, 0.5), (1.0, 0.999), (0.3, 0.3), (0.002, 0.002)]

@@ -15,19 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_training import TINY as TINY_FLAGS
 
 from ctm_core.checkpoint import load_checkpoint
 from ctm_core.train import main
 
-TINY = [
-    "--set", "network.width=16",
-    "--set", "network.depth=2",
-    "--set", "ctm.pool_size=256",
-    "--set", "ctm.grid_points=12",
-    "--batch-size", "64",
-    "--no-progress",
-    "--eval-n", "0",
-]  # fmt: skip
+TINY = [*TINY_FLAGS, "--eval-n", "0"]
 SAVE_EVERY = 3
 TEACHER_STEPS, CTM_STEPS = 800, 20
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_training import TINY
 
 from ctm_core.checkpoint import Checkpoint, load_checkpoint
 from ctm_core.data import split_holdout
@@ -22,14 +23,6 @@ from ctm_core.tasks import get_task
 from ctm_core.train import build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = [
-    "--set", "network.width=16",
-    "--set", "network.depth=2",
-    "--set", "ctm.pool_size=256",
-    "--set", "ctm.grid_points=12",
-    "--batch-size", "64",
-    "--no-progress",
-]  # fmt: skip
 SHORT = ["--teacher-steps", "60", "--ctm-steps", "40", *TINY]
 
 
