@@ -8,10 +8,6 @@ Python package, these tests are skipped and say why.
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +15,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from real_server import REPO_ROOT, running_server
 
 from ctm_core.checkpoint import build_model, checkpoint_metadata, save_checkpoint
 from ctm_core.config import NetworkConfig, NoiseConfig
@@ -29,7 +26,6 @@ try:
 except ImportError:  # the test extra is not installed
     sync_playwright = None
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("CTM_TEST_CHROMIUM", "/usr/bin/chromium"))
 # Headless, and nothing that reaches out to the network.
 CHROMIUM_ARGS = [
@@ -42,7 +38,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-START_TIMEOUT_S = 60.0
 RUN_TIMEOUT_MS = 30_000
 MAX_PATHS = 300  # paths the page draws at most (service/plotting.py MAX_PLOTTED_PATHS)
 PAGE_FILES = {"/", "/static/explorer.js", "/static/explorer.css"}
@@ -57,45 +52,6 @@ pytestmark = [
         reason="the playwright Python package is not installed (pip install -e '.[test]')",
     ),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(folder: Path, log_path: Path) -> tuple[str, subprocess.Popen[bytes]]:
-    """`python -m service` on a free port serving `folder`; returns once /healthz answers."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CTM_")}
-    command = [sys.executable, "-m", "service", "--port", str(port), "--checkpoint-dir", str(folder)]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                return base_url, process
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"server did not start in {START_TIMEOUT_S} s:\n{log_path.read_text()}")
-        time.sleep(0.1)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def write_data_checkpoint(path: Path, kde_points: list[float]) -> None:
@@ -126,11 +82,8 @@ def fixture_server(tmp_path: Path, checkpoint_dir: Path) -> Iterator[str]:
     """The real server on conftest's two models plus one trained "on user data"."""
     values = np.concatenate([np.linspace(-1.5, -0.5, 60), np.linspace(1.5, 2.5, 40)])
     write_data_checkpoint(checkpoint_dir / "mydata.safetensors", values.tolist())
-    base_url, process = start_server(checkpoint_dir, tmp_path / "server.log")
-    try:
+    with running_server(checkpoint_dir, tmp_path / "server.log") as (base_url, _):
         yield base_url
-    finally:
-        stop(process)
 
 
 class Explorer:
@@ -254,8 +207,7 @@ def test_explorer_in_chromium(browser: "Browser", fixture_server: str, tmp_path:
 def test_explorer_on_shipped_models(browser: "Browser", tmp_path: Path) -> None:
     folder = tmp_path / "shipped"
     shutil.copytree(REPO_ROOT / "checkpoints", folder)
-    base_url, process = start_server(folder, tmp_path / "server.log")
-    try:
+    with running_server(folder, tmp_path / "server.log") as (base_url, _):
         explorer = Explorer(browser, base_url)
         models = explorer.page.locator("#model option").all_inner_texts()
         assert models
@@ -269,5 +221,3 @@ def test_explorer_on_shipped_models(browser: "Browser", tmp_path: Path) -> None:
                 curves = "svg#density path.true-density, svg#density path.kde-density"
                 assert explorer.count(curves) == 1
         assert_documented_requests(explorer, base_url)
-    finally:
-        stop(process)

@@ -10,7 +10,6 @@ import hashlib
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from app_client import serve
+from real_server import free_port
 from tiny_training import TINY
 
 import ctm_core.distributed as distributed
@@ -219,17 +219,11 @@ def test_cli_trains_on_a_memory_mapped_file(tmp_path: Path, capsys: pytest.Captu
 # ---- one process: the distributed code path changes nothing -------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def group_of_one(monkeypatch: pytest.MonkeyPatch) -> Iterator[Group]:
     """A real gloo process group of one process (this one), torn down after the test."""
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
     with process_group(Launch(0, 1, 0), "gloo", CPU) as group:
         assert dist.is_initialized()
         yield group

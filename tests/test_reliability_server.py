@@ -7,62 +7,18 @@ here runs it for a few seconds with reloads going on.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import pytest
+from real_server import REPO_ROOT, running_server
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-START_TIMEOUT_S = 60.0
 API_KEY = "load-bearing-api-key-5f1c2e9a"
 ADMIN_TOKEN = "admin-token-7d3b8c41e0"
 WRONG_GUESS = "wrong-guess-0b6e4d2a9f"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def running_server(
-    checkpoint_dir: Path, log_path: Path, env: dict[str, str] | None = None
-) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """(base URL, process) of `python -m service` on a free port; killed at the end if still running."""
-    port = free_port()
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("CTM_")} | (env or {})
-    command = [sys.executable, "-m", "service", "--port", str(port), "--checkpoint-dir", str(checkpoint_dir)]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()}")
-            try:
-                if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server did not start in {START_TIMEOUT_S} s:\n{log_path.read_text()}")
-            time.sleep(0.1)
-        yield base_url, process
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path, checkpoint_dir: Path) -> None:

@@ -1,10 +1,7 @@
 """The real server: `python -m service` as a subprocess on a free port, talked to over TCP."""
 
-import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,18 +11,10 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from real_server import running_server
 
 from service.inference import SamplingJob, run_job
 from service.registry import load_model
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-START_TIMEOUT_S = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -39,31 +28,9 @@ def server(tmp_path: Path, checkpoint_dir: Path) -> Iterator[tuple[str, subproce
     corrupted[8:40] = b"#" * 32  # clobber the start of the JSON header
     (folder / "corrupted.safetensors").write_bytes(bytes(corrupted))
 
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CTM_")}
     log_path = tmp_path / "server.log"
-    command = [sys.executable, "-m", "service", "--port", str(port), "--checkpoint-dir", str(folder)]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()}")
-            try:
-                if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server did not start in {START_TIMEOUT_S} s:\n{log_path.read_text()}")
-            time.sleep(0.1)
+    with running_server(folder, log_path) as (base_url, process):
         yield base_url, process, log_path
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def test_real_server(server: tuple[str, subprocess.Popen[bytes], Path], checkpoint_dir: Path) -> None:
