@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-speed", action="store_true", help="only the memory runs")
     args = parser.parse_args(argv)
     if min([*args.processes, args.teacher_steps, args.ctm_steps, args.repeats]) < 1 or args.memory_values < 0:
-        parser.error("--processes, --teacher-steps, --ctm-steps and --repeats must be ≥ 1")
+        parser.error("--processes, --teacher-steps, --ctm-steps, --repeats must be ≥ 1; --memory-values ≥ 0")
 
     print(machine_line(1))
     with tempfile.TemporaryDirectory(prefix="ctm-train-speed-") as folder:

@@ -141,8 +141,11 @@ class FoldedCTM:
         self.w_s = first[:, 1 + dim :].contiguous()
         self.b_first = first_bias.contiguous()
         # oneDNN takes W as stored; addmm(b, h, Wᵀ) reads Wᵀ fastest stored contiguous.
-        self.hidden = [(w.contiguous(), w.t().contiguous()) for w in hidden]
-        self.hidden_bias = [b.contiguous() for b in hidden_bias]
+        self.onednn = _ONEDNN_LINEAR and self.device.type == "cpu"
+        self.hidden = [
+            ((w if self.onednn else w.t()).contiguous(), b.contiguous())
+            for w, b in zip(hidden, hidden_bias, strict=True)
+        ]
         self.w_out = last[0].contiguous()
         self.b_out = float(last_bias[0])
         self._scaling_cache: dict[float, tuple[float, float, float]] = {}
@@ -199,13 +202,13 @@ class FoldedCTM:
             h, spare = _work_arrays(xb.shape[0], bias.shape[0])
             torch.outer(x_in, self.w_x, out=h)
         F.silu(h.add_(bias), inplace=True)
-        for (weight, weight_t), hidden_bias in zip(self.hidden, self.hidden_bias, strict=True):
-            if spare is None:  # GPU
-                h = torch.addmm(hidden_bias, h, weight_t)
-            elif _ONEDNN_LINEAR:
+        for weight, hidden_bias in self.hidden:
+            if self.onednn:
                 h = torch.ops.mkldnn._linear_pointwise(h, weight, hidden_bias, "none", [], "")
+            elif spare is None:  # GPU
+                h = torch.addmm(hidden_bias, h, weight)
             else:
-                h, spare = torch.addmm(hidden_bias, h, weight_t, out=spare), h
+                h, spare = torch.addmm(hidden_bias, h, weight, out=spare), h
             F.silu(h, inplace=True)
         torch.mv(h, self.w_out, out=out)
         out.add_(self.b_out)
