@@ -23,7 +23,6 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,11 @@ from ctm_core.checkpoint import atomic_write_bytes, build_model, checkpoint_meta
 from ctm_core.config import NetworkConfig, NoiseConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-START_TIMEOUT_S = 90.0
+if str(REPO_ROOT) not in sys.path:  # run as a script: benchmarks/ is not an installed package
+    sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks.serve import Server  # noqa: E402
+
 SWAPPED = "swapped"  # the model whose file the reloader replaces, back and forth
 EPHEMERAL = "ephemeral"  # added and removed by the reloader; clients never ask for it
 
@@ -163,34 +166,12 @@ def _sha256(data: bytes) -> str:
 # ---- the server ----------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(folder: Path, token: str, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
+def start_server(folder: Path, token: str, log_path: Path) -> Server:
+    """The service on a free port with only this run's settings (the caller's CTM_* dropped)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CTM_")}
     env |= {"CTM_ADMIN_TOKEN": token, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "service", "--port", str(port), "--checkpoint-dir", str(folder)]
-    command += ["--log-level", "warning"]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
-                return process, base_url
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"server not ready in {START_TIMEOUT_S} s:\n{log_path.read_text()}")
-        time.sleep(0.1)
+    command = [sys.executable, "-m", "service", "--checkpoint-dir", str(folder), "--log-level", "warning"]
+    return Server(command, env, log_path, workers=1, ready_path="/readyz")
 
 
 def rss_bytes(pid: int) -> int:
@@ -435,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp) / "checkpoints"
         versions, ephemeral = prepare_checkpoints(folder, args.checkpoint_dir)
         log_path = Path(tmp) / "server.log"
-        process, base_url = start_server(folder, token, log_path)
+        server = start_server(folder, token, log_path)
+        process, base_url = server.process, server.base_url
         rss_series: list[tuple[float, int]] = []
         try:
             tally, rss_warm, rss_end, rss_peak = asyncio.run(
