@@ -14,7 +14,7 @@ from typing import Literal, Protocol
 
 import torch
 
-from ctm_core.schedules import get_sigmas
+from ctm_core.schedules import get_sigmas, landing_sigmas
 
 NoiseMode = Literal["random", "quantile"]
 SamplerName = Literal["onestep", "multistep", "gamma", "euler", "heun"]
@@ -170,6 +170,26 @@ SAMPLERS: dict[str, SamplerFn] = {
 JUMP_SAMPLERS = frozenset({"onestep", "multistep", "gamma"})
 
 
+def sampling_sigmas(
+    sampler: str,
+    steps: int,
+    *,
+    sigma_min: float,
+    sigma_max: float,
+    rho: float = 7.0,
+    schedule: str = "karras",
+    landing: float | None = None,
+) -> torch.Tensor:
+    """The steps + 1 noise levels a sampler visits, shape (steps + 1,), float64.
+
+    The multi-step jump samplers land first at `landing` when it is given (`landing_sigmas`);
+    the ODE solvers, and every sampler when `landing` is None, follow the named schedule.
+    """
+    if sampler in JUMP_SAMPLERS and landing is not None:
+        return landing_sigmas(steps + 1, sigma_min, sigma_max, landing, rho)
+    return get_sigmas(schedule, steps + 1, sigma_min, sigma_max, rho)
+
+
 def nfe_of(sampler: str, steps: int) -> int:
     """Network evaluations a sampler spends for a number of steps."""
     return 2 * steps - 1 if sampler == "heun" else steps
@@ -207,13 +227,15 @@ def generate(
     seed: int = 0,
     noise: NoiseMode = "random",
     gamma: float = 0.5,
+    landing: float | None = None,
     data_mean: float = 0.0,
     device: torch.device | str = "cpu",
 ) -> Trajectory:
     """Draw n samples with the named sampler over `steps` steps of the schedule, from one seed.
 
     The latent and every later random draw come from one CPU generator seeded with `seed`, so the
-    same arguments give the same trajectory in any process on the same platform.
+    same arguments give the same trajectory in any process on the same platform. The noise
+    levels are `sampling_sigmas`' (pass `landing` to land the jump samplers' first jump there).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
@@ -223,5 +245,7 @@ def generate(
         raise ValueError("the onestep sampler takes exactly 1 step")
     generator = torch.Generator().manual_seed(seed)
     x = latent(n, sigma_max, noise, generator, data_mean).to(device)
-    sigmas = get_sigmas(schedule, steps + 1, sigma_min, sigma_max, rho)
+    sigmas = sampling_sigmas(
+        sampler, steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, schedule=schedule, landing=landing
+    )
     return SAMPLERS[sampler](model, x, sigmas, generator=generator, gamma=gamma)

@@ -22,8 +22,8 @@ from ctm_core.distributed import Group, ReplicatedModel, rank_seed, state_digest
 from ctm_core.ema import ema_update
 from ctm_core.losses import ConsistencyLoss, DSMLoss
 from ctm_core.parametrization import CTMParametrization
-from ctm_core.samplers import sample_heun
-from ctm_core.schedules import get_sigmas, karras_sigmas
+from ctm_core.samplers import sample_heun, sampling_sigmas
+from ctm_core.schedules import karras_sigmas
 
 # Called with (phase, step) after each step; returning True asks the loop to save a checkpoint.
 StepHook = Callable[["Trainer", str, int], None]
@@ -53,7 +53,15 @@ def training_grid(config: TrainConfig) -> torch.Tensor:
     noise, ctm = config.noise, config.ctm
     parts = [karras_sigmas(ctm.grid_points, noise.sigma_min, noise.sigma_max, noise.rho)]
     parts += [
-        get_sigmas(noise.schedule, k + 1, noise.sigma_min, noise.sigma_max, noise.rho)
+        sampling_sigmas(
+            "multistep",
+            k,
+            sigma_min=noise.sigma_min,
+            sigma_max=noise.sigma_max,
+            rho=noise.rho,
+            schedule=noise.schedule,
+            landing=noise.landing,
+        )
         for k in ctm.schedule_steps
     ]
     merged = torch.cat(parts).unique()  # sorted ascending, exact duplicates (the ends) removed

@@ -28,9 +28,9 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from ctm_core.config import NoiseConfig
 from ctm_core.machine import usable_cpus
-from ctm_core.samplers import SAMPLERS, NoiseMode, SamplerName, latent, nfe_of
-from ctm_core.schedules import get_sigmas
+from ctm_core.samplers import SAMPLERS, NoiseMode, SamplerName, latent, nfe_of, sampling_sigmas
 from service.batching import Batcher
 from service.config import DeviceName, Settings
 from service.registry import LoadedModel
@@ -93,7 +93,6 @@ def torch_threads_for(settings: Settings) -> int:
     return max(1, usable_cpus() // settings.workers)
 
 
-
 def use_threads(threads: int) -> None:
     """Sample in this process as the service does: PyTorch ops single-threaded in the calling
     thread, a large input's rows shared out to `threads` threads."""
@@ -139,9 +138,17 @@ def check_job(job: SamplingJob) -> None:
 
 
 @functools.lru_cache(maxsize=256)
-def schedule(name: str, points: int, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
-    """`get_sigmas`, cached: a few schedules serve every request (callers must not modify it)."""
-    return get_sigmas(name, points, sigma_min, sigma_max, rho)
+def schedule(sampler: str, steps: int, noise: NoiseConfig) -> torch.Tensor:
+    """`sampling_sigmas`, cached: a few schedules serve every request (callers must not modify it)."""
+    return sampling_sigmas(
+        sampler,
+        steps,
+        sigma_min=noise.sigma_min,
+        sigma_max=noise.sigma_max,
+        rho=noise.rho,
+        schedule=noise.schedule,
+        landing=noise.landing,
+    )
 
 
 @torch.inference_mode()
@@ -167,7 +174,7 @@ def run_batch(jobs: Sequence[SamplingJob], device: torch.device) -> list[Samplin
     if padding:
         parts.append(torch.zeros(padding))
     x = (torch.cat(parts) if len(parts) > 1 else parts[0]).to(device)
-    sigmas = schedule(noise.schedule, first.steps + 1, noise.sigma_min, noise.sigma_max, noise.rho)
+    sigmas = schedule(first.sampler, first.steps, noise)
     row_noise = RowNoise(generators, sizes, padding) if first.sampler == "gamma" else None
     trajectory = SAMPLERS[first.sampler](runtime, x, sigmas, gamma=first.gamma, noise_sampler=row_noise)
     states = trajectory.states.cpu().numpy()

@@ -313,6 +313,7 @@ def describe(name: str, checkpoint: Checkpoint) -> ModelInfo:
             sigma_data=checkpoint.student.sigma_data,
             rho=noise.rho,
             schedule=noise.schedule,
+            landing=noise.landing,
         ),
         training=_as_dict(meta.get("training")),
         metrics=_as_dict(meta.get("metrics")),

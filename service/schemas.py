@@ -62,6 +62,9 @@ class NoiseInfo(BaseModel):
     sigma_data: float
     rho: float
     schedule: str
+    landing: float | None = Field(
+        description="Where the first jump of multistep and gamma lands; null: they follow the schedule."
+    )
 
 
 class ModelInfo(BaseModel):

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from ctm_core.checkpoint import build_model
-from ctm_core.config import NetworkConfig
-from ctm_core.samplers import SAMPLERS, generate, latent, nfe_of, quantile_latent
+from ctm_core.config import NetworkConfig, NoiseConfig
+from ctm_core.samplers import SAMPLERS, generate, latent, nfe_of, quantile_latent, sampling_sigmas
+from ctm_core.schedules import karras_sigmas
 
 RANGE = {"sigma_min": 0.002, "sigma_max": 10.0, "rho": 7.0}
 
@@ -100,3 +101,28 @@ def test_bad_arguments(model):
         generate(model, "multistep", 0, 5, **RANGE)
     with pytest.raises(ValueError, match="gamma"):
         generate(model, "gamma", 2, 5, gamma=1.5, **RANGE)
+
+
+@pytest.mark.parametrize("sampler", ["multistep", "gamma"])
+def test_jump_samplers_land_first_at_the_landing_level(model, sampler):
+    traj = generate(model, sampler, 4, 5, seed=0, landing=0.02, **RANGE)
+    assert traj.sigmas[:2].tolist() == [10.0, 0.02]
+    torch.testing.assert_close(traj.sigmas[1:], karras_sigmas(4, 0.002, 0.02), rtol=0, atol=0)
+    without = generate(model, sampler, 4, 5, seed=0, **RANGE)
+    torch.testing.assert_close(without.sigmas, karras_sigmas(5, 0.002, 10.0), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun"])
+def test_ode_solvers_ignore_the_landing_level(sampler):
+    sigmas = sampling_sigmas(sampler, 4, landing=0.02, **RANGE)
+    torch.testing.assert_close(sigmas, karras_sigmas(5, 0.002, 10.0), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("ratio", "sigma_data", "landing"),
+    [(0.013, 1.0, 0.013), (0.02, 0.5, 0.01), (None, 1.0, None), (0.013, None, None), (0.013, 0.1, None)],
+)
+def test_noise_config_landing_level(ratio, sigma_data, landing):
+    noise = NoiseConfig(landing_ratio=ratio, sigma_data=sigma_data)
+    assert noise.landing == (None if landing is None else pytest.approx(landing))
+    assert noise.sampling_kwargs()["landing"] == noise.landing

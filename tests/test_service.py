@@ -14,6 +14,7 @@ from app_client import serve
 
 from ctm_core.config import NoiseConfig
 from ctm_core.samplers import SAMPLERS
+from ctm_core.schedules import karras_sigmas
 from service.__main__ import main as cli_main
 from service.app import create_app
 from service.config import MAX_SEED, Settings
@@ -156,6 +157,10 @@ async def test_trajectory_matches_sample(
     assert sigmas[0] == noise.sigma_max
     assert sigmas[-1] == noise.sigma_min
     assert all(a > b for a, b in itertools.pairwise(sigmas))
+    if sampler in ("multistep", "gamma") and noise.landing is not None:
+        assert sigmas[1] == pytest.approx(noise.landing, rel=1e-12)  # the jump samplers' first landing
+    elif steps > 1:
+        assert sigmas == karras_sigmas(steps + 1, noise.sigma_min, noise.sigma_max, noise.rho).tolist()
     assert len(body["paths"]) == 17
     assert all(len(path) == steps + 1 for path in body["paths"])
     assert [path[-1] for path in body["paths"]] == body["samples"]
