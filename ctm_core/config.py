@@ -10,12 +10,19 @@ class _Strict(BaseModel):
 
 
 class NetworkConfig(_Strict):
-    """The raw MLP F_θ and its time embedding."""
+    """The raw MLP F_θ and its time embedding.
+
+    `init`: "pytorch" keeps nn.Linear's default initialisation (what the shipped models and the
+    recipe study used); "he" draws the hidden layers' weights He-normal with zero biases, which
+    keeps the input's signal through the layers and frees teachers that stay on the Gaussian
+    denoiser's plateau (docs/RESULTS.md, section 5).
+    """
 
     width: int = Field(128, ge=1, le=4096)
     depth: int = Field(4, ge=1, le=32)
     time_frequencies: int = Field(4, ge=1, le=64)
     max_frequency: float = Field(1.0, gt=0, le=1000)
+    init: Literal["pytorch", "he"] = "pytorch"
 
 
 class NoiseConfig(_Strict):

@@ -44,6 +44,13 @@ class CTMNetwork(nn.Module):
             width_in = config.width
         layers.append(nn.Linear(width_in, 1))
         self.mlp = nn.Sequential(*layers)
+        if config.init == "he":
+            # PyTorch's default (variance 1/(3·fan_in)) shrinks the x-dependent signal about 4-fold
+            # per SiLU layer; some seeds' teachers then never leave the Gaussian denoiser's plateau.
+            for layer in layers[:-1]:
+                if isinstance(layer, nn.Linear):
+                    nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+                    nn.init.zeros_(layer.bias)
 
     def forward(self, x_in: torch.Tensor, noise_t: torch.Tensor, noise_s: torch.Tensor) -> torch.Tensor:
         features = torch.cat([x_in[:, None], self.embed(noise_t), self.embed(noise_s)], dim=1)

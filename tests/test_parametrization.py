@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from ctm_core.checkpoint import build_model
@@ -60,3 +61,30 @@ def test_jump_near_t_is_an_euler_step():
     h = 1e-4
     euler = x - h * (x - model.denoise(x, t)) / t
     torch.testing.assert_close(model.jump(x, t, t - h), euler, rtol=1e-6, atol=1e-7)
+
+
+def _hidden_x_spread(net: torch.nn.Module) -> list[float]:
+    """Per SiLU layer: the mean over units of the activations' spread across x ∈ [−3, 3] at t = s = 0.1."""
+    x = torch.linspace(-3, 3, 61)
+    noise = c_noise(torch.full_like(x, 0.1))
+    h = torch.cat([x[:, None], net.embed(noise), net.embed(noise)], dim=1)
+    spreads = []
+    for layer in net.mlp:
+        h = layer(h)
+        if isinstance(layer, torch.nn.SiLU):
+            spreads.append(h.std(dim=0).mean().item())
+    return spreads
+
+
+@pytest.mark.parametrize("init", ["pytorch", "he"])
+def test_initial_signal_through_the_layers(init: str) -> None:
+    """PyTorch's default init shrinks the x-signal ~4-fold a layer (the plateau of docs/RESULTS.md
+    section 5); He initialisation keeps it."""
+    for seed in range(3):
+        torch.manual_seed(seed)
+        spreads = _hidden_x_spread(build_model(NetworkConfig(init=init), 1.0).net)
+        assert len(spreads) == 4
+        if init == "he":
+            assert min(spreads) > 0.4 * spreads[0] > 0.05, spreads
+        else:
+            assert spreads[-1] < 0.1 * spreads[0], spreads
