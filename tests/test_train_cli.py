@@ -120,6 +120,8 @@ def test_holdout_leaving_too_little_to_train(tmp_path: Path, capsys: pytest.Capt
         ("noise.sigma_min=20", "invalid setting noise"),
         ("teacher=5", "invalid setting teacher"),
         ("network.width", "--set expects KEY=VALUE"),
+        ('network.init="xavier"', "invalid setting network.init"),
+        ("noise.landing_ratio=-1", "invalid setting noise.landing_ratio"),
     ],
 )
 def test_bad_set(capsys: pytest.CaptureFixture[str], setting: str, expected: str) -> None:
@@ -396,3 +398,23 @@ def test_sigint_saves_and_explains_how_to_resume(tmp_path: Path) -> None:
     assert f"saved teacher step {state['step']} to {out}" in stderr
     assert ckpt.state and "rng" in ckpt.state
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no temporary left behind
+
+
+def test_init_and_landing_settings_reach_the_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "he.safetensors"
+    argv = [
+        *SHORT,
+        "--eval-n",
+        "0",
+        "--out",
+        str(out),
+        "--set",
+        'network.init="he"',
+        "--set",
+        "noise.landing_ratio=null",
+    ]
+    assert main(argv) == 0
+    ckpt = load_checkpoint(out)
+    assert ckpt.metadata["architecture"]["network"]["init"] == "he"
+    assert ckpt.noise.landing_ratio is None and ckpt.noise.landing is None
+    assert ckpt.noise.sampling_kwargs()["landing"] is None
