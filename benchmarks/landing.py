@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ctm_core.checkpoint import CheckpointError, load_checkpoint
+from ctm_core.config import NoiseConfig
 from ctm_core.metrics import quantile_w1
 from ctm_core.parametrization import CTMParametrization
 from ctm_core.samplers import generate
@@ -28,29 +29,21 @@ DEFAULT_RATIOS = (0.005, 0.0075, 0.01, 0.013, 0.016, 0.02, 0.03, 0.05)
 
 
 def best_multi_step(
-    model: CTMParametrization, task: Task, kwargs: dict, landing: float | None, n: int, seed: int
+    model: CTMParametrization, task: Task, noise: NoiseConfig, n: int, seed: int
 ) -> dict[int, float]:
-    """{steps: the lowest qW1 of multistep and γ-sampling at that many steps} for one landing level."""
-    best = {}
-    for steps in STEPS:
-        runs = [("multistep", 0.0)] + [("gamma", g) for g in GAMMAS]
-        best[steps] = min(
+    """{steps: the lowest qW1 of multistep and γ-sampling at that many steps} on `noise`'s schedule."""
+    runs = [("multistep", 0.0)] + [("gamma", g) for g in GAMMAS]
+    kwargs = noise.sampling_kwargs()
+    return {
+        steps: min(
             quantile_w1(
-                generate(
-                    model,
-                    sampler,
-                    steps,
-                    n,
-                    noise="quantile",
-                    seed=seed,
-                    gamma=g,
-                    **{**kwargs, "landing": landing},
-                ).samples,
+                generate(model, sampler, steps, n, noise="quantile", seed=seed, gamma=g, **kwargs).samples,
                 task,
             )
             for sampler, g in runs
         )
-    return best
+        for steps in STEPS
+    }
 
 
 def _cell(best: dict[int, float] | None, one_step: float) -> str:
@@ -106,17 +99,16 @@ def main(argv: list[str] | None = None) -> int:
         except CheckpointError as exc:
             parser.exit(2, f"error: {exc}\n")
         task, noise, model = get_task(name), checkpoint.noise, checkpoint.student
-        kwargs = noise.sampling_kwargs()
         one_step = quantile_w1(
-            generate(model, "onestep", 1, args.n, noise="quantile", **kwargs).samples, task
+            generate(model, "onestep", 1, args.n, noise="quantile", **noise.sampling_kwargs()).samples, task
         )
         cells = []
         for i, ratio in enumerate([*args.ratios, None]):
-            landing = None if ratio is None else ratio * model.sigma_data
-            if landing is not None and not noise.sigma_min < landing < noise.sigma_max:
+            schedule = noise.model_copy(update={"landing_ratio": ratio})
+            if ratio is not None and schedule.landing is None:  # r·σ_data outside (σ_min, σ_max)
                 cells.append(_cell(None, one_step))
                 continue
-            best = best_multi_step(model, task, kwargs, landing, args.n, args.seed)
+            best = best_multi_step(model, task, schedule, args.n, args.seed)
             passes[i] += min(best.values()) <= one_step
             cells.append(_cell(best, one_step))
         row = [name, f"{model.sigma_data:.3f}", f"{one_step:.5f}", *cells]

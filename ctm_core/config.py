@@ -61,16 +61,19 @@ class NoiseConfig(_Strict):
         level = self.landing_ratio * self.sigma_data
         return level if self.sigma_min < level < self.sigma_max else None
 
-    def sampling_kwargs(self) -> dict[str, float | str | None]:
-        """The keyword arguments `ctm_core.samplers.generate` takes from this noise range."""
+    def schedule_kwargs(self) -> dict[str, float | str | None]:
+        """The keyword arguments `ctm_core.samplers.sampling_sigmas` takes from this noise range."""
         return {
             "sigma_min": self.sigma_min,
             "sigma_max": self.sigma_max,
             "rho": self.rho,
             "schedule": self.schedule,
             "landing": self.landing,
-            "data_mean": self.data_mean or 0.0,
         }
+
+    def sampling_kwargs(self) -> dict[str, float | str | None]:
+        """The keyword arguments `ctm_core.samplers.generate` takes from this noise range."""
+        return {**self.schedule_kwargs(), "data_mean": self.data_mean or 0.0}
 
 
 class TeacherConfig(_Strict):

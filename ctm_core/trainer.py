@@ -52,18 +52,7 @@ def training_grid(config: TrainConfig) -> torch.Tensor:
     sampling schedules of `schedule_steps` steps so that the jumps the samplers make are trained."""
     noise, ctm = config.noise, config.ctm
     parts = [karras_sigmas(ctm.grid_points, noise.sigma_min, noise.sigma_max, noise.rho)]
-    parts += [
-        sampling_sigmas(
-            "multistep",
-            k,
-            sigma_min=noise.sigma_min,
-            sigma_max=noise.sigma_max,
-            rho=noise.rho,
-            schedule=noise.schedule,
-            landing=noise.landing,
-        )
-        for k in ctm.schedule_steps
-    ]
+    parts += [sampling_sigmas("multistep", k, **noise.schedule_kwargs()) for k in ctm.schedule_steps]
     merged = torch.cat(parts).unique()  # sorted ascending, exact duplicates (the ends) removed
     return merged.flip(0)
 

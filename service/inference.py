@@ -140,15 +140,7 @@ def check_job(job: SamplingJob) -> None:
 @functools.lru_cache(maxsize=256)
 def schedule(sampler: str, steps: int, noise: NoiseConfig) -> torch.Tensor:
     """`sampling_sigmas`, cached: a few schedules serve every request (callers must not modify it)."""
-    return sampling_sigmas(
-        sampler,
-        steps,
-        sigma_min=noise.sigma_min,
-        sigma_max=noise.sigma_max,
-        rho=noise.rho,
-        schedule=noise.schedule,
-        landing=noise.landing,
-    )
+    return sampling_sigmas(sampler, steps, **noise.schedule_kwargs())
 
 
 @torch.inference_mode()
