@@ -29,7 +29,8 @@ def ideal_scores(
     """(qW1 of the exact ODE's sample from quantile latents, {t₁: qW1 of ideal γ = 1 in 2 steps})."""
     task, noise = get_task(task_name), NoiseConfig()
     denoiser = ExactDenoiser(task)
-    x_T = latent(n, noise.sigma_max, "quantile", torch.Generator(), float(task.mean)).double()
+    noise = noise.model_copy(update={"sigma_data": task.std})
+    x_T = latent(n, float(task.mean), noise.prior_std, "quantile", torch.Generator()).double()
     with torch.inference_mode():
         sigmas = karras_sigmas(steps + 1, noise.sigma_min, noise.sigma_max, noise.rho)
         x0 = sample_heun(denoiser, x_T, sigmas).samples

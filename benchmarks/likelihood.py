@@ -33,7 +33,12 @@ def kl_row(path: Path, n: int, seed: int, steps: int) -> dict[str, float | str] 
     task = get_task(name)
     x = task.sample(n, torch.Generator().manual_seed(seed))
     noise = ckpt.noise
-    kwargs = {"rho": noise.rho, "steps": steps, "data_mean": noise.data_mean or 0.0}
+    kwargs = {
+        "rho": noise.rho,
+        "steps": steps,
+        "data_mean": noise.data_mean or 0.0,
+        "prior_std": noise.prior_std,
+    }
     true = task.log_prob(x.double().numpy())
     started = time.perf_counter()
     model = log_prob(ckpt.student, x, noise.sigma_min, noise.sigma_max, **kwargs).numpy()

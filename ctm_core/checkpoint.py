@@ -23,10 +23,12 @@ from safetensors.torch import save as save_tensors
 
 from ctm_core import __version__
 from ctm_core.config import NetworkConfig, NoiseConfig
-from ctm_core.network import CTMNetwork
+from ctm_core.network import build_network
 from ctm_core.parametrization import CTMParametrization
 
-FORMAT_VERSION = 1
+# 2: the prior N(μ, σ_max² + σ_d²) (recorded under "prior") and the network kind. Version 1
+# models were trained and sampled with the narrow prior N(μ, σ_max²): refused, to be retrained.
+FORMAT_VERSION = 2
 METADATA_KEY = "ctm_serve"
 MAX_FILE_BYTES = 256 * 1024 * 1024
 MAX_HEADER_BYTES = 8 * 1024 * 1024
@@ -53,7 +55,7 @@ class Checkpoint:
 
 def build_model(network: NetworkConfig, sigma_data: float, data_mean: float = 0.0) -> CTMParametrization:
     """A fresh CTM model: the raw MLP inside the EDM/CTM parametrisation."""
-    return CTMParametrization(CTMNetwork(network), sigma_data, data_mean)
+    return CTMParametrization(build_network(network), sigma_data, data_mean)
 
 
 def checkpoint_metadata(
@@ -75,6 +77,7 @@ def checkpoint_metadata(
     return {
         "architecture": {"network": network.model_dump(), "sigma_data": noise.sigma_data},
         "noise": noise.model_dump(),
+        "prior": {"distribution": "normal", "mean": noise.data_mean or 0.0, "std": noise.prior_std},
         "task": task,
         "training": training or {},
         "metrics": metrics or {},
@@ -234,6 +237,12 @@ def _read_metadata(path: Path, data: bytes) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: format version {version} is newer than this ctm-serve reads "
             f"({FORMAT_VERSION}); upgrade ctm-serve"
+        )
+    if version == 1:
+        raise CheckpointError(
+            f"{path}: format version 1 predates the corrected prior N(μ, σ_max² + σ_d²); its model "
+            "was trained and sampled with the narrow one. Retrain it: python -m ctm_core.train "
+            "--task NAME or --data FILE"
         )
     if version < 1:
         raise CheckpointError(f"{path}: unknown format version {version}")

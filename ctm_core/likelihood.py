@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 import torch
 
-from ctm_core.samplers import Denoiser
+from ctm_core.config import NoiseConfig
+from ctm_core.samplers import Denoiser, Jumper
 from ctm_core.schedules import karras_sigmas
 
 Prior = Callable[[torch.Tensor], torch.Tensor]
@@ -45,16 +46,19 @@ def log_prob(
     rho: float = 7.0,
     prior: Prior | None = None,
     data_mean: float = 0.0,
+    prior_std: float | None = None,
 ) -> torch.Tensor:
     """log p(x) of the model's distribution at σ_min for points x, shape (n,) → (n,), float64.
 
     The classical 4th-order Runge–Kutta method on a Karras grid of `steps` steps from σ_min up to
     σ_max carries both x_t and the accumulated divergence (4 network evaluations a step); `prior`
-    is log p at σ_max (default log N(x_T; data_mean, σ_max²), the prior the samplers draw from). The network
+    is log p at σ_max (default log N(x_T; data_mean, prior_std²), the prior the samplers draw
+    from; pass `NoiseConfig.prior_std`, which defaults here to σ_max for a bare call). The network
     runs in x's dtype; the integral accumulates in float64.
     """
     if prior is None:
-        prior = lambda z: gaussian_log_prob(z, data_mean, sigma_max)  # noqa: E731
+        std = sigma_max if prior_std is None else prior_std
+        prior = lambda z: gaussian_log_prob(z, data_mean, std)  # noqa: E731
     ts = karras_sigmas(steps + 1, sigma_min, sigma_max, rho).flip(0).to(x.device)
     integral = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
     for t0, t1 in itertools.pairwise(ts):
@@ -67,3 +71,39 @@ def log_prob(
         x = x + h / 6 * (f1 + 2 * f2 + 2 * f3 + f4)
         integral += h / 6 * (d1.double() + 2 * d2.double() + 2 * d3.double() + d4.double())
     return prior(x.double()) + integral
+
+
+# Half-width of the inversion's bracket in prior standard deviations: the prior's density there
+# (e^-800) is below float64's range, so no point of positive density lies beyond it.
+_BRACKET_STDS = 40.0
+
+
+def onestep_log_prob(
+    model: Jumper, y: torch.Tensor, noise: NoiseConfig, iterations: int = 48
+) -> torch.Tensor:
+    """log p(y) of the one-step sampler's own law, shape (n,) → (n,), float64 (docs/CTM.md).
+
+    y = G(z, σ_max, σ_min) with z from the prior; for a non-decreasing G (`MonotoneNetwork`),
+    log p(y) = log p_prior(z) − log ∂G/∂z at z = G⁻¹(y). The inverse is a vectorised bisection
+    on [μ − 40·std, μ + 40·std] (`iterations` halvings, each one network evaluation of the
+    jump at fixed times), the slope one autograd derivative. Points outside the image of the
+    bracket have density 0 (−inf); so do points where G is flat (slope 0).
+    """
+    mean, std = noise.data_mean or 0.0, noise.prior_std
+    t = torch.tensor(noise.sigma_max, dtype=y.dtype, device=y.device)
+    s = torch.tensor(noise.sigma_min, dtype=y.dtype, device=y.device)
+    lo = torch.full_like(y, mean - _BRACKET_STDS * std)
+    hi = torch.full_like(y, mean + _BRACKET_STDS * std)
+    with torch.no_grad():
+        outside = (y < model.jump(lo, t, s)) | (y > model.jump(hi, t, s))
+        for _ in range(iterations):
+            mid = 0.5 * (lo + hi)
+            below = model.jump(mid, t, s) < y
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    z = (0.5 * (lo + hi)).detach()
+    with torch.enable_grad():
+        z.requires_grad_(True)
+        (slope,) = torch.autograd.grad(model.jump(z, t, s).sum(), z)
+    with torch.no_grad():
+        logp = gaussian_log_prob(z.double(), mean, std) - slope.double().log()
+        return torch.where(outside, torch.tensor(-math.inf, dtype=torch.float64), logp)

@@ -34,12 +34,6 @@ def _mid_probabilities(n: int) -> np.ndarray:
     return (np.arange(n, dtype=np.float64) + 0.5) / n
 
 
-def quantile_noise(n: int, sigma_max: float) -> torch.Tensor:
-    """Stratified latent noise z_i = σ_max·Φ⁻¹((i + ½)/n); shape (n,), float32."""
-    p = torch.from_numpy(_mid_probabilities(n))
-    return (sigma_max * torch.special.ndtri(p)).to(torch.float32)
-
-
 def quantile_w1(samples: np.ndarray | torch.Tensor, task: Task) -> float:
     """qW1 = mean_i |x_(i) − F⁻¹((i + ½)/n)| over the sorted samples x_(i)."""
     x = _sorted_samples(samples)
@@ -143,8 +137,9 @@ def evaluate_samples(
 ) -> dict[str, float | None]:
     """{"qW1", "W1", "KS", "NLL"}; qW1 only when samples came from quantile noise, else None.
 
-    qW1 is meaningful only for a deterministic sampler fed quantile_noise (a monotone map of
-    stratified latents); for random latents it is not a distance and is reported as None.
+    qW1 is meaningful only for a deterministic sampler fed quantile latents (a monotone map of
+    stratified latents, `ctm_core.samplers.latent` with "quantile"); for random latents it is
+    not a distance and is reported as None.
     """
     x = _sorted_samples(samples)
     return {

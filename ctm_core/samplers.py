@@ -8,13 +8,13 @@ denoiser D), `x` is the latent x_T at sigmas[0], shape (n,), and `sigmas` runs f
 """
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import torch
 
-from ctm_core.schedules import get_sigmas, landing_sigmas
+from ctm_core.schedules import get_sigmas
 
 NoiseMode = Literal["random", "quantile"]
 SamplerName = Literal["onestep", "multistep", "gamma", "euler", "heun"]
@@ -178,16 +178,40 @@ def sampling_sigmas(
     sigma_max: float,
     rho: float = 7.0,
     schedule: str = "karras",
-    landing: float | None = None,
+    jump_schedule: str = "linear",
 ) -> torch.Tensor:
-    """The steps + 1 noise levels a sampler visits, shape (steps + 1,), float64.
+    """The steps + 1 noise levels a sampler visits, shape (steps + 1,), float64: the CTM jump
+    samplers follow `jump_schedule`, the ODE solvers `schedule` (`NoiseConfig` explains why)."""
+    return get_sigmas(
+        jump_schedule if sampler in JUMP_SAMPLERS else schedule, steps + 1, sigma_min, sigma_max, rho
+    )
 
-    The multi-step jump samplers land first at `landing` when it is given (`landing_sigmas`);
-    the ODE solvers, and every sampler when `landing` is None, follow the named schedule.
-    """
-    if sampler in JUMP_SAMPLERS and landing is not None:
-        return landing_sigmas(steps + 1, sigma_min, sigma_max, landing, rho)
-    return get_sigmas(schedule, steps + 1, sigma_min, sigma_max, rho)
+
+def explicit_sigmas(
+    sigmas: Sequence[float] | torch.Tensor,
+    *,
+    sigma_min: float,
+    sigma_max: float,
+    max_levels: int | None = None,
+) -> torch.Tensor:
+    """User-given noise levels as a float64 tensor; ValueError unless they run strictly down from
+    σ_max to σ_min (each end within 1e-9 relative), with 2 to `max_levels` levels."""
+    levels = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)
+    if levels.numel() < 2:
+        raise ValueError(f"sigmas needs at least 2 levels (σ_max and σ_min), got {levels.numel()}")
+    if max_levels is not None and levels.numel() > max_levels:
+        raise ValueError(f"sigmas has {levels.numel()} levels; at most {max_levels} are allowed")
+    if not torch.isfinite(levels).all():
+        raise ValueError("every sigma must be a finite number")
+    if not (levels[1:] < levels[:-1]).all():
+        raise ValueError("sigmas must be strictly decreasing")
+    for index, want, name in ((0, sigma_max, "sigma_max"), (-1, sigma_min, "sigma_min")):
+        got = float(levels[index])
+        if abs(got - want) > 1e-9 * want:
+            where = "first" if index == 0 else "last"
+            raise ValueError(f"the {where} sigma must be the model's {name} = {want:g}, got {got:g}")
+    levels[0], levels[-1] = sigma_max, sigma_min
+    return levels
 
 
 def nfe_of(sampler: str, steps: int) -> int:
@@ -195,21 +219,19 @@ def nfe_of(sampler: str, steps: int) -> int:
     return 2 * steps - 1 if sampler == "heun" else steps
 
 
-def quantile_latent(n: int, sigma_max: float) -> torch.Tensor:
-    """Stratified latent z_i = σ_max·Φ⁻¹((i + ½)/n), shape (n,), float32 (computed in float64)."""
+def quantile_latent(n: int, std: float = 1.0) -> torch.Tensor:
+    """Stratified latent z_i = std·Φ⁻¹((i + ½)/n), shape (n,), float32 (computed in float64)."""
     p = (torch.arange(n, dtype=torch.float64) + 0.5) / n
-    return (sigma_max * torch.special.ndtri(p)).float()
+    return (std * torch.special.ndtri(p)).float()
 
 
-def latent(
-    n: int, sigma_max: float, noise: NoiseMode, generator: torch.Generator, data_mean: float = 0.0
-) -> torch.Tensor:
-    """x_T of shape (n,) from the prior N(data_mean, σ_max²): random from the generator, or its
-    n quantiles data_mean + σ_max·Φ⁻¹((i + ½)/n)."""
+def latent(n: int, mean: float, std: float, noise: NoiseMode, generator: torch.Generator) -> torch.Tensor:
+    """x_T of shape (n,) from the prior N(mean, std²) (docs/CTM.md, "The prior"): random from the
+    generator, or its n quantiles mean + std·Φ⁻¹((i + ½)/n)."""
     if noise == "quantile":
-        return data_mean + quantile_latent(n, sigma_max)
+        return mean + quantile_latent(n, std)
     if noise == "random":
-        return data_mean + sigma_max * torch.randn(n, generator=generator)
+        return mean + std * torch.randn(n, generator=generator)
     raise ValueError(f"unknown noise mode {noise!r}; choose 'random' or 'quantile'")
 
 
@@ -224,18 +246,22 @@ def generate(
     sigma_max: float,
     rho: float = 7.0,
     schedule: str = "karras",
+    jump_schedule: str = "linear",
     seed: int = 0,
     noise: NoiseMode = "random",
     gamma: float = 0.5,
-    landing: float | None = None,
     data_mean: float = 0.0,
+    prior_std: float,
+    sigmas: Sequence[float] | torch.Tensor | None = None,
     device: torch.device | str = "cpu",
 ) -> Trajectory:
     """Draw n samples with the named sampler over `steps` steps of the schedule, from one seed.
 
     The latent and every later random draw come from one CPU generator seeded with `seed`, so the
-    same arguments give the same trajectory in any process on the same platform. The noise
-    levels are `sampling_sigmas`' (pass `landing` to land the jump samplers' first jump there).
+    same arguments give the same trajectory in any process on the same platform. The latent is
+    drawn from the prior N(data_mean, prior_std²) (`NoiseConfig.sampling_kwargs` gives both);
+    the noise levels are `sampling_sigmas`', or `sigmas` when given (`explicit_sigmas` checks
+    them; they override `steps` and the schedules).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
@@ -244,8 +270,17 @@ def generate(
     if sampler == "onestep" and steps != 1:
         raise ValueError("the onestep sampler takes exactly 1 step")
     generator = torch.Generator().manual_seed(seed)
-    x = latent(n, sigma_max, noise, generator, data_mean).to(device)
-    sigmas = sampling_sigmas(
-        sampler, steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, schedule=schedule, landing=landing
-    )
+    x = latent(n, data_mean, prior_std, noise, generator).to(device)
+    if sigmas is None:
+        sigmas = sampling_sigmas(
+            sampler,
+            steps,
+            sigma_min=sigma_min,
+            sigma_max=sigma_max,
+            rho=rho,
+            schedule=schedule,
+            jump_schedule=jump_schedule,
+        )
+    else:
+        sigmas = explicit_sigmas(sigmas, sigma_min=sigma_min, sigma_max=sigma_max)
     return SAMPLERS[sampler](model, x, sigmas, generator=generator, gamma=gamma)

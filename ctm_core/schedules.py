@@ -58,26 +58,6 @@ def get_sigmas(name: str, n: int, sigma_min: float, sigma_max: float, rho: float
     return schedule(n, sigma_min, sigma_max, rho)
 
 
-def landing_sigmas(
-    n: int, sigma_min: float, sigma_max: float, landing: float, rho: float = 7.0
-) -> torch.Tensor:
-    """The CTM jump samplers' schedule: σ_max, then a Karras grid (eq. 5) from `landing` to σ_min.
-
-    n points (n − 1 jumps), float64: [σ_max, σ_min] for n = 2, [σ_max, landing, σ_min] for n = 3.
-    The first jump lands just above the data, because the student's long jump to the end of the
-    range is its best-trained move; the later jumps refine from low noise, where its jumps are
-    most accurate. A Karras grid over the whole range puts the 2-step sampler's middle time at
-    0.48 (σ ∈ [0.002, 10]), from which more steps were worse than one (docs/RESULTS.md).
-    """
-    _check(n, sigma_min, sigma_max)
-    if not sigma_min < landing < sigma_max:
-        raise ValueError(f"need sigma_min < landing < sigma_max, got {sigma_min}, {landing}, {sigma_max}")
-    if n == 2:
-        return torch.tensor([sigma_max, sigma_min], dtype=torch.float64)
-    head = torch.tensor([sigma_max], dtype=torch.float64)
-    return torch.cat([head, karras_sigmas(n - 1, sigma_min, landing, rho)])
-
-
 def _check(n: int, sigma_min: float, sigma_max: float) -> None:
     if n < 2:
         raise ValueError(f"a schedule needs at least 2 points, got {n}")

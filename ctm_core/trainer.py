@@ -1,12 +1,13 @@
 """The training loop: EDM teacher (phase 1), then the CTM student (phase 2); owns optimiser and EMAs.
 
 Distillation precomputes the teacher's PF-ODE trajectories once (Heun on a fine Karras grid from
-x_T = σ_max·z): every x_t and solver solution x_u the consistency loss needs is then a table
+x_T drawn from the prior): every x_t and solver solution x_u the consistency loss needs is then a table
 look-up, which is what makes a CTM step cost about as much as a DSM step.
 """
 
 import contextlib
 import copy
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from ctm_core.distributed import Group, ReplicatedModel, rank_seed, state_digest
 from ctm_core.ema import ema_update
 from ctm_core.losses import ConsistencyLoss, DSMLoss
 from ctm_core.parametrization import CTMParametrization
-from ctm_core.samplers import sample_heun, sampling_sigmas
+from ctm_core.samplers import latent, sample_heun, sampling_sigmas
 from ctm_core.schedules import karras_sigmas
 
 # Called with (phase, step) after each step; returning True asks the loop to save a checkpoint.
@@ -55,6 +56,17 @@ def training_grid(config: TrainConfig) -> torch.Tensor:
     parts += [sampling_sigmas("multistep", k, **noise.schedule_kwargs()) for k in ctm.schedule_steps]
     merged = torch.cat(parts).unique()  # sorted ascending, exact duplicates (the ends) removed
     return merged.flip(0)
+
+
+def refine_grid(grid: torch.Tensor, substeps: int, rho: float = 7.0) -> torch.Tensor:
+    """`grid` (decreasing) with `substeps` − 1 levels inserted in each interval, Karras-spaced
+    (eq. 5) within it; the original levels stay at every substeps-th position."""
+    if substeps == 1:
+        return grid
+    parts = [
+        karras_sigmas(substeps + 1, float(lo), float(hi), rho)[:-1] for hi, lo in itertools.pairwise(grid)
+    ]
+    return torch.cat([*parts, grid[-1:]])
 
 
 def draw_ctm_indices(
@@ -134,7 +146,9 @@ class Trainer:
         self.dsm_teacher = DSMLoss(
             config.teacher.p_mean, config.teacher.p_std, sigma_data, noise.sigma_min, noise.sigma_max
         )
-        self.consistency = ConsistencyLoss(noise.sigma_min, sigma_data, config.ctm.intermediate_weight)
+        self.consistency = ConsistencyLoss(
+            noise.sigma_min, config.ctm.intermediate_weight, config.ctm.end_weight
+        )
 
     # ---- the loop -------------------------------------------------------------------------
     def run(self, hook: StepHook | None = None) -> TrainState:
@@ -282,17 +296,19 @@ class Trainer:
     def teacher_pool(self) -> torch.Tensor:
         """The teacher's Heun trajectories on the training grid, shape (grid_points, pool_size).
 
-        Seeded from the run's seed alone, and broadcast from rank 0: the same on every rank."""
+        Solved with `pool_substeps` Heun steps between grid levels (Karras-spaced), so the
+        targets carry the teacher's error rather than the solver's. Seeded from the run's seed
+        alone, and broadcast from rank 0: the same on every rank."""
         if self._pool is None:
             cfg = self.config.ctm
             pool_gen = torch.Generator().manual_seed(self.config.seed + 1)
             noise = self.config.noise
-            x_T = noise.sampling_kwargs()["data_mean"] + noise.sigma_max * torch.randn(
-                cfg.pool_size, generator=pool_gen
-            )
+            x_T = latent(cfg.pool_size, noise.data_mean or 0.0, noise.prior_std, "random", pool_gen)
+            fine = refine_grid(self.grid.double().cpu(), cfg.pool_substeps)
             with torch.inference_mode():
-                traj = sample_heun(self.teacher_eval, x_T.to(self.device), self.grid.double())
-            self._pool = self.group.broadcast(traj.states.clone())
+                traj = sample_heun(self.teacher_eval, x_T.to(self.device), fine)
+            # The solve's states on the training grid: every pool_substeps-th level.
+            self._pool = self.group.broadcast(traj.states[:: cfg.pool_substeps].clone())
         return self._pool
 
     def _optimise(self, loss: torch.Tensor) -> None:

@@ -7,13 +7,13 @@ so that one large job uses every CPU the worker process owns and two large jobs 
 PyTorch releases the GIL inside its kernels, so the event loop keeps answering (e.g. /healthz)
 while a large job runs.
 
-Jobs that wait for the executor together and share model, sampler, steps and γ run as one batch
-(`service.batching`): their latents are concatenated, the network runs once per step on all of
-them, and each job gets its own columns back. Every job's latent and γ-noise come from its own
-seeded generator, in the order `ctm_core.samplers.generate` draws them, and the runtime computes a
-row the same way whatever else is in the batch (`service.runtime`), so a request gives the same
-samples alone, batched, or under any load. The network is the folded runtime built from the
-checkpoint's weights (`service.runtime`), under `torch.inference_mode`.
+Jobs that wait for the executor together and share model, sampler, steps, γ and explicit noise
+levels (if any) run as one batch (`service.batching`): their latents are concatenated, the network
+runs once per step on all of them, and each job gets its own columns back. Every job's latent and
+γ-noise come from its own seeded generator, in the order `ctm_core.samplers.generate` draws them,
+and the runtime computes a row the same way whatever else is in the batch (`service.runtime`), so
+a request gives the same samples alone, batched, or under any load. The network is the folded
+runtime built from the checkpoint's weights (`service.runtime`), under `torch.inference_mode`.
 """
 
 import asyncio
@@ -30,7 +30,15 @@ import torch
 
 from ctm_core.config import NoiseConfig
 from ctm_core.machine import usable_cpus
-from ctm_core.samplers import SAMPLERS, NoiseMode, SamplerName, latent, nfe_of, sampling_sigmas
+from ctm_core.samplers import (
+    SAMPLERS,
+    NoiseMode,
+    SamplerName,
+    explicit_sigmas,
+    latent,
+    nfe_of,
+    sampling_sigmas,
+)
 from service.batching import Batcher
 from service.config import DeviceName, Settings
 from service.registry import LoadedModel
@@ -43,7 +51,11 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class SamplingJob:
-    """One validated sampling request, with its model already looked up."""
+    """One validated sampling request, with its model already looked up.
+
+    `sigmas`: explicit noise levels from σ_max down to σ_min (then steps = len(sigmas) − 1), used
+    instead of the model's schedule; None: `steps` steps of the schedule.
+    """
 
     model: LoadedModel
     sampler: SamplerName
@@ -52,6 +64,7 @@ class SamplingJob:
     seed: int
     noise: NoiseMode
     gamma: float
+    sigmas: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +148,8 @@ def check_job(job: SamplingJob) -> None:
         raise ValueError(f"steps must be ≥ 1, got {job.steps}")
     if job.sampler == "onestep" and job.steps != 1:
         raise ValueError("the onestep sampler takes exactly 1 step")
+    if job.sigmas is not None and len(job.sigmas) != job.steps + 1:
+        raise ValueError(f"{len(job.sigmas)} sigmas do not make steps={job.steps} (they make steps + 1)")
 
 
 @functools.lru_cache(maxsize=256)
@@ -143,30 +158,38 @@ def schedule(sampler: str, steps: int, noise: NoiseConfig) -> torch.Tensor:
     return sampling_sigmas(sampler, steps, **noise.schedule_kwargs())
 
 
+def job_sigmas(job: SamplingJob) -> torch.Tensor:
+    """The levels a job visits: its explicit sigmas (checked by `explicit_sigmas`, ValueError if
+    they break its rules), else the model's cached schedule (callers must not modify it)."""
+    noise = job.model.checkpoint.noise
+    if job.sigmas is None:
+        return schedule(job.sampler, job.steps, noise)
+    return explicit_sigmas(job.sigmas, sigma_min=noise.sigma_min, sigma_max=noise.sigma_max)
+
+
 @torch.inference_mode()
 def run_batch(jobs: Sequence[SamplingJob], device: torch.device) -> list[SamplingResult]:
-    """Run jobs that share model, sampler, steps and γ as one sampler call; one result per job.
+    """Run jobs that share model, sampler, steps, γ and sigmas as one sampler call; one result per job.
 
     Each job's latent x_T and γ-noise come from its own generator seeded with its seed, drawn as
     `ctm_core.samplers.generate` draws them; rows are padded to the runtime's alignment.
     """
     first = jobs[0]
     check_job(first)
-    noise = first.model.checkpoint.noise
-    kwargs = noise.sampling_kwargs()
+    kwargs = first.model.checkpoint.noise.sampling_kwargs()
     runtime, _ = RUNTIMES.get(first.model.network)
     generators = [torch.Generator().manual_seed(job.seed) for job in jobs]
     sizes = [job.n for job in jobs]
     rows = sum(sizes)
     padding = aligned(rows) - rows
     parts = [
-        latent(job.n, noise.sigma_max, job.noise, generator, kwargs["data_mean"])
+        latent(job.n, kwargs["data_mean"], kwargs["prior_std"], job.noise, generator)
         for job, generator in zip(jobs, generators, strict=True)
     ]
     if padding:
         parts.append(torch.zeros(padding))
     x = (torch.cat(parts) if len(parts) > 1 else parts[0]).to(device)
-    sigmas = schedule(first.sampler, first.steps, noise)
+    sigmas = job_sigmas(first)
     row_noise = RowNoise(generators, sizes, padding) if first.sampler == "gamma" else None
     trajectory = SAMPLERS[first.sampler](runtime, x, sigmas, gamma=first.gamma, noise_sampler=row_noise)
     states = trajectory.states.cpu().numpy()
@@ -180,7 +203,8 @@ def run_batch(jobs: Sequence[SamplingJob], device: torch.device) -> list[Samplin
 
 
 def run_job(job: SamplingJob, device: torch.device) -> SamplingResult:
-    """Run one job synchronously (in a pool thread): the model's own noise range and schedule.
+    """Run one job synchronously (in a pool thread): the model's own noise range and schedule (or
+    the job's explicit sigmas).
 
     The same code path as a batch of one, so it gives what the job gets batched with others.
     """
@@ -224,7 +248,7 @@ class InferenceEngine:
         if not RUNTIMES.known(job.model.network):
             return None
         # id(): the waiting jobs hold their models, so no two live models share an id.
-        return (id(job.model), job.sampler, job.steps, job.gamma)
+        return (id(job.model), job.sampler, job.steps, job.gamma, job.sigmas)
 
     def _run(self, jobs: list[SamplingJob]) -> list[SamplingResult]:
         if len(jobs) == 1:

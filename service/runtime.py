@@ -2,11 +2,14 @@
 
 Built once per loaded model from its weights (`Runtimes.get`); ctm_core's samplers run on it
 unchanged, since it has the model's `jump(x, t, s)` and `denoise(x, t)`. Same math as
-`CTMParametrization` around `CTMNetwork`, rearranged for serving (docs/PERFORMANCE.md):
+`CTMParametrization` around `CTMNetwork` (`FoldedCTM`) or `MonotoneNetwork` (`FoldedMonotone`),
+rearranged for serving (docs/PERFORMANCE.md):
 
 - Every sampler step uses one (t, s) for all rows, so the time embeddings and their part of the
   first layer fold into one bias vector per (t, s), and the EDM scalings and the jump's mixing
-  into three scalars: G = a·x + b + c·F, with F the MLP's output.
+  into three scalars: G = a·x + b + c·F, with F the MLP's output. For the monotone network the
+  conditioner runs once per (t, s) and everything but its tanh units folds into the scalars:
+  G = A·x + B + C·Σ_k a_k·tanh(w_k·c_in·(x − μ) + c_k).
 - Rows are computed in blocks of at most BLOCK_ROWS, whose activations stay in cache (twice as
   fast at n = 100,000 as one pass over 50 MB arrays), each block with single-threaded PyTorch ops.
   Blocks are shared out to `ROWS.threads` threads as they free up, rather than splitting every op
@@ -25,15 +28,18 @@ unchanged, since it has the model's `jump(x, t, s)` and `denoise(x, t)`. Same ma
 
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctm_core.network import CTMNetwork
+from ctm_core.network import CTMNetwork, MonotoneNetwork
 from ctm_core.parametrization import CTMParametrization, c_noise, edm_scalings
 
 ROW_ALIGN = 16
@@ -77,8 +83,7 @@ class RowThreads:
                 self._executor = ThreadPoolExecutor(
                     self._threads,
                     thread_name_prefix="ctm-rows",
-                    initializer=torch.set_num_threads,
-                    initargs=(1,),
+                    initializer=_single_threaded_thread,
                 )
         if previous is not None:
             previous.shutdown(wait=False)
@@ -87,8 +92,9 @@ class RowThreads:
         """Cover rows [0, rows) (a multiple of ROW_ALIGN) with calls to `block`."""
         threads, executor = self.threads, self._executor
         if executor is None or rows < PARALLEL_MIN_ROWS:
-            for start in range(0, rows, BLOCK_ROWS):
-                block(start, min(start + BLOCK_ROWS, rows))
+            with _single_threaded_ops():
+                for start in range(0, rows, BLOCK_ROWS):
+                    block(start, min(start + BLOCK_ROWS, rows))
             return
         size = min(BLOCK_ROWS, aligned(-(-rows // threads)))
         starts = iter(range(0, rows, size))  # shared: each next() is atomic under the GIL
@@ -108,6 +114,32 @@ class RowThreads:
 
 
 ROWS = RowThreads()
+
+
+def _single_threaded_thread() -> None:
+    """Makes this thread's PyTorch ops single-threaded for good. PyTorch sets a thread's OpenMP
+    threads lazily, at its first parallel op, to the count last set by any thread: asking for the
+    count first runs that, so that a later `set_num_threads` elsewhere does not undo this one."""
+    torch.get_num_threads()
+    torch.set_num_threads(1)
+
+
+@contextmanager
+def _single_threaded_ops() -> Iterator[None]:
+    """This thread's PyTorch ops single-threaded meanwhile; a no-op where they already are (the
+    service's). Blocks run in a caller with more intra-op threads would otherwise not be batch
+    invariant: MKL's threaded matrix-vector product cuts a block's rows into one chunk per thread,
+    and with 3, 5 or 6 threads the chunks are not multiples of 4 rows, so a row's rounding would
+    depend on the block's row count."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class FoldedCTM:
@@ -172,25 +204,14 @@ class FoldedCTM:
         self, x: torch.Tensor, a: float, b: float, c: float, c_in: float, bias: torch.Tensor
     ) -> torch.Tensor:
         """a·x + b + c·F(c_in·(x − μ)), on an aligned row count, block by block."""
-        rows = x.shape[0]
-        padded = aligned(rows)
-        if padded != rows:
-            x = torch.cat([x, x.new_zeros(padded - rows)])
-        out = torch.empty_like(x)
 
-        def block(start: int, stop: int) -> None:
-            with torch.inference_mode():  # per thread: `block` may run in one of ROWS' threads
-                xb, f = x[start:stop], out[start:stop]
-                self._mlp(xb, c_in, bias, out=f)
-                # In place, on a multiple of ROW_ALIGN elements: every element takes the
-                # vectorised path, so the rounding is the same at every position.
-                f.mul_(c).add_(xb, alpha=a).add_(b)
+        def block(xb: torch.Tensor, f: torch.Tensor) -> None:
+            self._mlp(xb, c_in, bias, out=f)
+            # In place, on a multiple of ROW_ALIGN elements: every element takes the
+            # vectorised path, so the rounding is the same at every position.
+            f.mul_(c).add_(xb, alpha=a).add_(b)
 
-        if self.device.type == "cpu":
-            ROWS.run(block, padded)
-        else:  # one pass on a GPU
-            block(0, padded)
-        return out[:rows] if padded != rows else out
+        return _run_blocks(block, x, self.device)
 
     def _mlp(self, xb: torch.Tensor, c_in: float, bias: torch.Tensor, out: torch.Tensor) -> None:
         """F(c_in·(x − μ), c_noise(t), c_noise(s)) into `out`, with the time inputs folded into `bias`."""
@@ -215,27 +236,171 @@ class FoldedCTM:
 
     def _scalings(self, t: float) -> tuple[float, float, float]:
         """EDM's (c_skip, c_out, c_in) at t, computed in float32 as the eager model does, cached."""
-        scalings = self._scaling_cache.get(t)
-        if scalings is None:
+
+        def make() -> tuple[float, float, float]:
             c_skip, c_out, c_in = (float(v) for v in edm_scalings(torch.tensor([t]), self.sigma_data))
-            scalings = (c_skip, c_out, c_in)
-            if len(self._scaling_cache) >= _CACHE_SIZE:
-                self._scaling_cache.clear()
-            self._scaling_cache[t] = scalings
-        return scalings
+            return c_skip, c_out, c_in
+
+        return _cached(self._scaling_cache, t, make)
 
     def _first_bias(self, t: float, s: float) -> torch.Tensor:
         """The first layer's bias plus its weights on the embeddings of c_noise(t) and c_noise(s), cached."""
-        bias = self._bias_cache.get((t, s))
-        if bias is None:
+
+        def make() -> torch.Tensor:
             with torch.inference_mode():
                 e_t = self.embed(c_noise(torch.tensor([t], device=self.device)))[0]
                 e_s = self.embed(c_noise(torch.tensor([s], device=self.device)))[0]
-                bias = self.b_first + self.w_t @ e_t + self.w_s @ e_s
-            if len(self._bias_cache) >= _CACHE_SIZE:
-                self._bias_cache.clear()
-            self._bias_cache[(t, s)] = bias
-        return bias
+                return self.b_first + self.w_t @ e_t + self.w_s @ e_s
+
+        return _cached(self._bias_cache, (t, s), make)
+
+
+@dataclass(frozen=True)
+class _MonotoneFold:
+    """g(x, t, s) = a·x + b + c·Σ_k amplitude_k·tanh(slope_k·c_in·(x − μ) + offset_k) at one (t, s)."""
+
+    a: float
+    b: float
+    c: float
+    c_in: float
+    slope: torch.Tensor  # (K,)
+    offset: torch.Tensor  # (K,)
+    amplitude: torch.Tensor  # (K,)
+
+
+class FoldedMonotone:
+    """G(x, t, s) and D(x, t) of a `CTMParametrization` around a `MonotoneNetwork`, for scalar t and s.
+
+    Per (t, s) the conditioner runs once (as in the eager model, which sees one row of times),
+    and g = μ + c_skip·(1 − ρ)·(x − μ) + c_out·(b + l·x_in + Σ_k a_k·tanh(w_k·x_in + c_k)),
+    x_in = c_in·(x − μ), folds into g = a·x + b' + c_out·Σ_k(...): per row only the K units are
+    left. x is (n,) float32; t and s are scalars shared by all rows. Results match the eager model
+    up to float rounding, and keep its guarantees: G(x, t, t) = x exactly, and non-decreasing in x.
+    """
+
+    def __init__(self, model: CTMParametrization) -> None:
+        net = model.net
+        if not isinstance(net, MonotoneNetwork):
+            raise TypeError(f"no folded monotone runtime for a {type(net).__name__}")
+        self.net = net  # not the model: `Runtimes` holds the runtime while the model lives
+        self.units = net.units
+        self.sigma_data = model.sigma_data
+        self.data_mean = model.data_mean
+        self.device = net.head.weight.device
+        self._fold_cache: dict[tuple[float, float], _MonotoneFold] = {}
+
+    def jump(self, x: torch.Tensor, t: torch.Tensor | float, s: torch.Tensor | float) -> torch.Tensor:
+        """G(x, t, s) = (s/t)·x + (1 − s/t)·g(x, t, s), shape (n,) (Kim et al. 2023, eq. 7)."""
+        t_, s_ = _float32(t), _float32(s)
+        ratio = float(np.float32(s_) / np.float32(t_))  # in float32, as the eager model computes it
+        fold = self._fold(t_, s_)
+        # G = r·x + (1 − r)·(a·x + b + c·Σ) = A·x + B + C·Σ; at s = t: A = 1, B = C = 0, G = x.
+        rest = 1 - ratio
+        return self._units(x, fold, ratio + rest * fold.a, rest * fold.b, rest * fold.c)
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """D(x, t) = g(x, t, t), shape (n,)."""
+        t_ = _float32(t)
+        fold = self._fold(t_, t_)
+        return self._units(x, fold, fold.a, fold.b, fold.c)
+
+    @torch.inference_mode()
+    def _units(self, x: torch.Tensor, fold: _MonotoneFold, a: float, b: float, c: float) -> torch.Tensor:
+        """a·x + b + c·Σ_k amplitude_k·tanh(slope_k·c_in·(x − μ) + offset_k), block by block."""
+
+        def block(xb: torch.Tensor, f: torch.Tensor) -> None:
+            x_in = (xb - self.data_mean).mul_(fold.c_in)  # as the eager model rounds it
+            if self.device.type == "cpu":
+                h = _work_arrays(xb.shape[0], self.units)[0]
+                torch.outer(x_in, fold.slope, out=h)
+            else:  # the GPU's caching allocator serves fresh arrays
+                h = torch.outer(x_in, fold.slope)
+            h.add_(fold.offset).tanh_()
+            # A matrix-vector product on an aligned row count: the same rounding for a row
+            # wherever it sits (see the module's docstring), as the MLP's last layer.
+            torch.mv(h, fold.amplitude, out=f)
+            f.mul_(c).add_(xb, alpha=a).add_(b)
+
+        return _run_blocks(block, x, self.device)
+
+    def _fold(self, t: float, s: float) -> _MonotoneFold:
+        """The coefficients at (t, s) and the scalars around them, computed once, cached."""
+
+        def make() -> _MonotoneFold:
+            with torch.inference_mode():
+                t_row = torch.tensor([t], device=self.device)  # float32, one row: as `_times` gives
+                s_row = torch.tensor([s], device=self.device)
+                co = self.net.coefficients(c_noise(t_row), c_noise(s_row))
+                c_skip, c_out, c_in = edm_scalings(t_row, self.sigma_data)
+                skip = float(c_skip * (1 - co.gate))  # in float32, as the eager model's g
+                c_out_, c_in_ = float(c_out), float(c_in)
+                # g = μ + skip·(x − μ) + c_out·(b + l·c_in·(x − μ) + Σ) = a·x + b' + c_out·Σ.
+                a = skip + c_out_ * float(co.linear) * c_in_
+                return _MonotoneFold(
+                    a=a,
+                    b=self.data_mean * (1 - a) + c_out_ * float(co.bias),
+                    c=c_out_,
+                    c_in=c_in_,
+                    slope=co.slope[0].contiguous(),
+                    offset=co.offset[0].contiguous(),
+                    amplitude=co.amplitude[0].contiguous(),
+                )
+
+        return _cached(self._fold_cache, (t, s), make)
+
+
+class Runtime(Protocol):
+    """What the samplers and the service need of a model: the jump and the denoiser, and where."""
+
+    device: torch.device
+
+    def jump(self, x: torch.Tensor, t: torch.Tensor | float, s: torch.Tensor | float) -> torch.Tensor: ...
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor: ...
+
+
+def folded_runtime(model: CTMParametrization) -> FoldedCTM | FoldedMonotone:
+    """The folded runtime for `model`'s network; TypeError when there is none for it."""
+    if isinstance(model.net, MonotoneNetwork):
+        return FoldedMonotone(model)
+    return FoldedCTM(model)
+
+
+def _run_blocks(
+    block: Callable[[torch.Tensor, torch.Tensor], None], x: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """`block(xb, out)` over x (n,) padded to an aligned row count, in aligned blocks on ROWS'
+    threads (one pass on a GPU), writing each block's rows into `out`; returns out[:n]."""
+    rows = x.shape[0]
+    padded = aligned(rows)
+    if padded != rows:
+        x = torch.cat([x, x.new_zeros(padded - rows)])
+    out = torch.empty_like(x)
+
+    def run(start: int, stop: int) -> None:
+        with torch.inference_mode():  # per thread: `run` may run in one of ROWS' threads
+            block(x[start:stop], out[start:stop])
+
+    if device.type == "cpu":
+        ROWS.run(run, padded)
+    else:  # one pass on a GPU
+        run(0, padded)
+    return out[:rows] if padded != rows else out
+
+
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
+
+
+def _cached(cache: dict[_K, _V], key: _K, make: Callable[[], _V]) -> _V:
+    """cache[key], made on a miss; the cache is emptied when it holds _CACHE_SIZE entries."""
+    value = cache.get(key)
+    if value is None:
+        value = make()
+        if len(cache) >= _CACHE_SIZE:
+            cache.clear()
+        cache[key] = value
+    return value
 
 
 def _onednn_linear_works() -> bool:
@@ -274,7 +439,7 @@ def _work_arrays(rows: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     return arrays[0][:rows], arrays[1][:rows]
 
 
-def batch_invariant(runtime: FoldedCTM, seed: int = 0) -> bool:
+def batch_invariant(runtime: Runtime, seed: int = 0) -> bool:
     """Whether rows come out bit-identical alone and amid other rows, at several sizes and offsets.
 
     A check of `ROW_ALIGN`'s premise on this machine's BLAS, for this model: the service batches
@@ -307,18 +472,18 @@ class Runtimes:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._built: weakref.WeakKeyDictionary[nn.Module, tuple[FoldedCTM | nn.Module, bool]] = (
+        self._built: weakref.WeakKeyDictionary[nn.Module, tuple[Runtime | nn.Module, bool]] = (
             weakref.WeakKeyDictionary()
         )
 
-    def get(self, model: CTMParametrization) -> tuple[FoldedCTM | nn.Module, bool]:
+    def get(self, model: CTMParametrization) -> tuple[Runtime | nn.Module, bool]:
         """(runtime, whether batching keeps results bit-identical): the folded runtime when the
-        network is a `CTMNetwork` MLP, else the eager model (not batched)."""
+        network is a `CTMNetwork` MLP or a `MonotoneNetwork`, else the eager model (not batched)."""
         with self._lock:
             built = self._built.get(model)
         if built is None:
             try:
-                runtime = FoldedCTM(model)
+                runtime = folded_runtime(model)
             except TypeError:
                 built = (model, False)
             else:

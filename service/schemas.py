@@ -48,7 +48,10 @@ class SampleResponse(BaseModel):
 class TrajectoryResponse(SampleResponse):
     """Samples plus every intermediate state of the sampler."""
 
-    sigmas: list[float] = Field(description="steps + 1 noise levels, from σ_max down to σ_min.")
+    sigmas: list[float] = Field(
+        description="The steps + 1 noise levels the sampler visited, from σ_max down to σ_min: the "
+        "model's schedule, or the `sigmas` given."
+    )
     paths: list[list[float]] = Field(
         description="n lists of steps + 1 states, one per sigma; the last equals the sample."
     )
@@ -61,10 +64,9 @@ class NoiseInfo(BaseModel):
     sigma_max: float
     sigma_data: float
     rho: float
-    schedule: str
-    landing: float | None = Field(
-        description="Where the first jump of multistep and gamma lands; null: they follow the schedule."
-    )
+    schedule: str = Field(description="The ODE solvers' (euler, heun) schedule from σ_max to σ_min.")
+    jump_schedule: str = Field(description="The CTM jump samplers' (multistep, gamma) schedule.")
+    prior_std: float = Field(description="Std of the prior N(data mean, σ_max² + σ_d²) of the latent x_T.")
 
 
 class ModelInfo(BaseModel):

@@ -159,8 +159,9 @@ def test_retrain_reports_training_time(tmp_path: Path) -> None:
 def test_ideal_floor_of_a_gaussian() -> None:
     from benchmarks import ideal_floor
 
-    # The exact ODE maps the quantile latent onto N(μ, σ²)'s quantiles (up to σ_min and the prior's
-    # mismatch), far closer than the ideal γ-sampler's random renoise lets its sample get.
+    # From the exact prior N(μ, σ_max² + σ²) the exact ODE maps the quantile latent onto N(μ, σ²)'s
+    # quantiles up to σ_min and Heun-60's own error (≈ 4e-4), far closer than the ideal γ-sampler's
+    # random renoise lets its sample get.
     one_step, gamma = ideal_floor.ideal_scores("single_gaussian_1D", [0.48], n=4000, seed=0, steps=60)
-    assert one_step < 0.003
+    assert one_step < 1e-3
     assert gamma[0.48] > 2 * one_step

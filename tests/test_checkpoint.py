@@ -3,6 +3,7 @@
 import ast
 import hashlib
 import json
+import math
 import os
 import pickle
 import struct
@@ -26,24 +27,27 @@ from ctm_core.checkpoint import (
     save_checkpoint,
 )
 from ctm_core.config import NetworkConfig, NoiseConfig
+from ctm_core.network import CTMNetwork, MonotoneNetwork
 from ctm_core.parametrization import CTMParametrization
 
 ROOT = Path(__file__).resolve().parent.parent
-NETWORK = NetworkConfig(width=16, depth=2)
+# Most tests below name MLP tensors (net.mlp.<i>.weight): they pin the MLP kind.
+NETWORK = NetworkConfig(kind="mlp", width=16, depth=2)
+MONOTONE = NetworkConfig(kind="monotone", width=16, depth=2, units=8)
 NOISE = NoiseConfig(sigma_min=0.002, sigma_max=10.0, sigma_data=0.5)
 CREATED_AT = "2024-01-01T00:00:00+00:00"
 
 
-def _model(seed: int, network: NetworkConfig = NETWORK) -> CTMParametrization:
+def _model(seed: int, network: NetworkConfig = NETWORK, data_mean: float = 0.0) -> CTMParametrization:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_model(network, NOISE.sigma_data)
+        return build_model(network, NOISE.sigma_data, data_mean)
 
 
-def _metadata(network: NetworkConfig = NETWORK) -> dict[str, Any]:
+def _metadata(network: NetworkConfig = NETWORK, noise: NoiseConfig = NOISE) -> dict[str, Any]:
     return checkpoint_metadata(
         network=network,
-        noise=NOISE,
+        noise=noise,
         task={"name": "two_gmm_1D", "description": "test task"},
         training={"mode": "distill", "seed": 3, "ctm": {"steps": 7}},
         metrics={"rows": [{"label": "student onestep", "qW1": 0.5}]},
@@ -113,6 +117,66 @@ def test_round_trip_with_teacher_and_state(tmp_path: Path) -> None:
     x, t, s = torch.linspace(-3, 3, 7), torch.full((7,), 5.0), torch.full((7,), 0.1)
     with torch.no_grad():
         assert torch.equal(ckpt.student.jump(x, t, s), student.jump(x, t, s))
+
+
+def test_round_trip_of_a_monotone_model(tmp_path: Path) -> None:
+    """The default kind: its conditioner and head come back, with the data mean, and jump the same."""
+    noise = NOISE.model_copy(update={"data_mean": 0.7})
+    student, teacher = _model(1, MONOTONE, 0.7), _model(2, MONOTONE, 0.7)
+    with torch.no_grad():  # off the initialisation, so that every coefficient matters
+        for p in (*student.parameters(), *teacher.parameters()):
+            p.add_(0.3 * torch.randn_like(p))
+    path = tmp_path / "monotone.safetensors"
+    save_checkpoint(path, student=student, teacher=teacher, metadata=_metadata(MONOTONE, noise))
+
+    ckpt = load_checkpoint(path)
+    assert isinstance(ckpt.student.net, MonotoneNetwork) and isinstance(ckpt.teacher.net, MonotoneNetwork)
+    assert ckpt.metadata["architecture"]["network"]["kind"] == "monotone"
+    _assert_state_dicts_equal(ckpt.student, student)
+    _assert_state_dicts_equal(ckpt.teacher, teacher)
+    assert {k.split(".")[1] for k in ckpt.student.state_dict()} == {"trunk", "head"}
+    assert ckpt.student.data_mean == 0.7 and ckpt.noise.data_mean == 0.7
+    x = 0.7 + torch.linspace(-30, 30, 301)
+    for t, s in [(10.0, 0.002), (3.0, 1.0), (0.5, 0.01)]:
+        tt, ss = torch.tensor(t), torch.tensor(s)
+        with torch.no_grad():
+            assert torch.equal(ckpt.student.jump(x, tt, ss), student.jump(x, tt, ss))
+            assert torch.equal(ckpt.teacher.denoise(x, tt), teacher.denoise(x, tt))
+    # The two kinds do not load into each other: a monotone file claiming to be an MLP is refused.
+    path = tmp_path / "claims_mlp.safetensors"
+    save_checkpoint(path, student=student, teacher=None, metadata=_metadata(NETWORK, noise))
+    assert "do not match the architecture" in _load_error(path)
+
+
+def test_mlp_kind_round_trips_as_an_mlp(good: Path) -> None:
+    assert isinstance(load_checkpoint(good).student.net, CTMNetwork)
+
+
+@pytest.mark.parametrize(
+    ("noise", "mean", "std"),
+    [
+        (NOISE, 0.0, math.sqrt(10.0**2 + 0.5**2)),
+        (NoiseConfig(sigma_min=0.01, sigma_max=5.0, sigma_data=2.0, data_mean=-1.5), -1.5, math.sqrt(29.0)),
+    ],
+)
+def test_metadata_records_the_wide_prior(tmp_path: Path, noise: NoiseConfig, mean: float, std: float) -> None:
+    """The prior is N(μ, σ_max² + σ_d²), written into every checkpoint (format version 2)."""
+    assert FORMAT_VERSION == 2
+    path = tmp_path / "prior.safetensors"
+    save_checkpoint(path, student=_model(0), teacher=None, metadata=_metadata(noise=noise))
+    prior = load_checkpoint(path).metadata["prior"]
+    assert prior["distribution"] == "normal"
+    assert prior["mean"] == pytest.approx(mean, abs=1e-15)
+    assert prior["std"] == pytest.approx(std, rel=1e-12)
+
+
+def test_version_1_files_are_refused_with_a_call_to_retrain(tmp_path: Path) -> None:
+    """Version 1 models were trained and sampled with the narrow prior N(μ, σ_max²)."""
+    meta = {**_metadata(), "format_version": 1, "has_teacher": False}
+    meta.pop("prior")
+    path = _write(tmp_path / "v1.safetensors", _student_tensors(_model(0)), {METADATA_KEY: json.dumps(meta)})
+    message = _load_error(path)
+    assert "format version 1" in message and "prior" in message and "Retrain" in message
 
 
 def test_round_trip_without_teacher(good: Path) -> None:
@@ -306,6 +370,7 @@ def test_metadata_not_an_object(tmp_path: Path) -> None:
         (True, "missing or invalid format_version"),
         (1.0, "missing or invalid format_version"),
         (0, "unknown format version 0"),
+        (1, "format version 1 predates the corrected prior"),
         (FORMAT_VERSION + 1, f"format version {FORMAT_VERSION + 1} is newer"),
     ],
 )
@@ -349,11 +414,21 @@ def test_invalid_network_settings_give_a_one_line_message(tmp_path: Path) -> Non
 
 def test_wrong_tensor_shape(tmp_path: Path) -> None:
     path = tmp_path / "shape.safetensors"
-    wide = _model(0, NetworkConfig(width=32, depth=2))
+    wide = _model(0, NetworkConfig(kind="mlp", width=32, depth=2))
     save_checkpoint(path, student=wide, teacher=None, metadata=_metadata(NETWORK))  # claims width 16
     message = _load_error(path)
     assert "student.net.mlp.0.weight" in message
     assert "[32," in message and "expected torch.float32[16," in message
+
+
+def test_wrong_number_of_monotone_units(tmp_path: Path) -> None:
+    path = tmp_path / "units.safetensors"
+    more = _model(0, MONOTONE.model_copy(update={"units": 16}))
+    save_checkpoint(path, student=more, teacher=None, metadata=_metadata(MONOTONE))  # claims 8 units
+    message = _load_error(path)
+    # The head gives 3 coefficients per unit and 3 more (b, l, ρ): 51 rows for 16 units, 27 for 8.
+    assert "student.net.head.weight" in message
+    assert "[51, 16]" in message and "expected torch.float32[27, 16]" in message
 
 
 def test_wrong_dtype(tmp_path: Path) -> None:

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from ctm_core.config import NoiseConfig
 from ctm_core.evaluation import ExactDenoiser
-from ctm_core.likelihood import gaussian_log_prob, log_prob
+from ctm_core.likelihood import gaussian_log_prob, log_prob, onestep_log_prob
 from ctm_core.tasks import get_task
 
 
@@ -34,8 +35,25 @@ def test_gaussian_exact_denoiser_reproduces_the_true_log_density(sigma_max):
     assert (got - expected).abs().max().item() < 0.01
 
 
+@pytest.mark.parametrize(("sigma", "sigma_max"), [(0.2, 10.0), (3.0, 10.0), (0.2, 80.0)])
+def test_prior_std_argument_is_the_exact_marginal_for_gaussian_data(sigma, sigma_max):
+    """prior_std = √(σ_max² + σ²) with data_mean = μ is the exact marginal at σ_max: log p is
+    log N(x; μ, σ² + σ_min²) to 1e-4 nats. The bare call's N(0, σ_max²) is off (0.35 nats at σ = 3)."""
+    mu = 1.0
+    x = torch.linspace(mu - 2 * sigma, mu + 2 * sigma, 21, dtype=torch.float64)
+    expected = gaussian_log_prob(x, mu, math.sqrt(sigma**2 + 0.002**2))
+    noise = NoiseConfig(sigma_max=sigma_max, sigma_data=sigma, data_mean=mu)
+    assert noise.prior_std == pytest.approx(math.sqrt(sigma_max**2 + sigma**2), rel=1e-12)
+    model = GaussianDenoiser(mu, sigma)
+    got = log_prob(model, x, 0.002, sigma_max, data_mean=mu, prior_std=noise.prior_std)
+    assert (got - expected).abs().max().item() < 1e-4
+    bare = log_prob(model, x, 0.002, sigma_max)
+    assert (bare - expected).abs().max().item() > 0.01
+
+
 def test_default_prior_error_is_the_prior_mismatch_only():
-    """The N(0, σ_max²) prior differs from the exact marginal; the gap is what that mismatch predicts."""
+    """The bare call's prior N(0, σ_max²) differs from the exact marginal; the gap is what that
+    mismatch predicts."""
     mu, sigma, sigma_max = 1.0, 0.2, 80.0
     x = torch.tensor([0.8, 1.0, 1.2], dtype=torch.float64)
     exact_prior = log_prob(
@@ -56,3 +74,56 @@ def test_mixture_exact_denoiser_log_density_matches_the_task():
     expected = task.log_prob(x.numpy())
     # σ_max = 80 keeps the N(0, σ_max²) prior's error small against the exact marginal.
     assert np.abs(got - expected).max() < 0.05
+
+
+@pytest.mark.parametrize("name", ["two_gmm_1D", "uneven_two_gmm_1D"])
+def test_mixture_log_density_with_the_wide_prior_at_sigma_max_10(name):
+    """At σ_max = 10 the narrow prior is 0.07–0.2 nats off; N(μ, σ_max² + σ_d²) matches the
+    mixture's marginal up to its higher moments (≈ 0.01 nats)."""
+    task = get_task(name)
+    noise = NoiseConfig(sigma_max=10.0, sigma_data=task.std, data_mean=task.mean)
+    x = torch.linspace(-2.2, 2.2, 23, dtype=torch.float64)
+    kwargs = {"data_mean": noise.data_mean, "prior_std": noise.prior_std}
+    got = log_prob(ExactDenoiser(task), x, noise.sigma_min, noise.sigma_max, **kwargs).numpy()
+    assert np.abs(got - task.log_prob(x.numpy())).max() < 0.02
+    bare = log_prob(ExactDenoiser(task), x, noise.sigma_min, noise.sigma_max).numpy()
+    assert np.abs(bare - task.log_prob(x.numpy())).max() > 0.05
+
+
+class _GaussianFlowJump:
+    """The exact jump of N(μ, σ²) data: G(x, t, s) = μ + (x − μ)·√(σ² + s²)/√(σ² + t²)."""
+
+    def __init__(self, mu: float, sigma: float) -> None:
+        self.mu, self.sigma = mu, sigma
+
+    def jump(self, x, t, s):
+        return self.mu + (x - self.mu) * torch.sqrt(self.sigma**2 + s**2) / torch.sqrt(self.sigma**2 + t**2)
+
+
+@pytest.mark.parametrize("sigma", [0.2, 3.0])
+def test_onestep_log_prob_of_the_exact_gaussian_jump(sigma):
+    """y = G(z, σ_max, σ_min) with z ~ N(μ, σ_max² + σ²) is N(μ, σ² + σ_min²): the one-step density is
+    the data's own (the prior, the inverse and the slope all enter)."""
+    mu = 1.0
+    noise = NoiseConfig(sigma_data=sigma, data_mean=mu)
+    y = torch.linspace(mu - 4 * sigma, mu + 4 * sigma, 33, dtype=torch.float64)
+    got = onestep_log_prob(_GaussianFlowJump(mu, sigma), y, noise)
+    assert got.dtype == torch.float64 and got.shape == y.shape
+    expected = gaussian_log_prob(y, mu, math.sqrt(sigma**2 + noise.sigma_min**2))
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+class _ClampedJump(_GaussianFlowJump):
+    """The Gaussian jump followed by a clamp to [0.5, 1.5]: flat outside, so its image is bounded."""
+
+    def jump(self, x, t, s):
+        return super().jump(x, t, s).clamp(0.5, 1.5)
+
+
+def test_onestep_log_prob_is_minus_inf_outside_the_image():
+    noise = NoiseConfig(sigma_data=0.2, data_mean=1.0)
+    y = torch.tensor([-3.0, 0.3, 0.8, 1.2, 1.7, 40.0], dtype=torch.float64)
+    got = onestep_log_prob(_ClampedJump(1.0, 0.2), y, noise)
+    assert torch.isneginf(got[[0, 1, 4, 5]]).all()
+    expected = gaussian_log_prob(y[2:4], 1.0, math.sqrt(0.04 + noise.sigma_min**2))
+    torch.testing.assert_close(got[2:4], expected, rtol=0, atol=1e-6)

@@ -16,18 +16,20 @@ SIGMA_DATA = 0.5
 SIGMA_MIN, SIGMA_MAX = 0.002, 10.0
 
 
-def _model(seed: int = 0, sigma_data: float = SIGMA_DATA) -> CTMParametrization:
+def _model(seed: int = 0, sigma_data: float = SIGMA_DATA, kind: str = "monotone") -> CTMParametrization:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_model(NetworkConfig(width=16, depth=2), sigma_data)
+        return build_model(NetworkConfig(kind=kind, width=16, depth=2), sigma_data)
 
 
 # ---- DSM ---------------------------------------------------------------------------------------
 
 
-def test_dsm_equals_a_hand_computation() -> None:
-    """Recompute t, λ(t) and the noise from an identically seeded generator, D from c_skip/c_out/c_in."""
-    model = _model(0)
+@pytest.mark.parametrize("kind", ["monotone", "mlp"])
+def test_dsm_equals_a_hand_computation(kind: str) -> None:
+    """Recompute t, λ(t) and the noise from an identically seeded generator, D from c_skip/c_out/c_in
+    and the raw network's (F, ρ): D = c_skip·(1 − ρ)·x_t + c_out·F (ρ = 0 for the MLP, no gate)."""
+    model = _model(0, kind=kind)
     p_mean, p_std = 0.0, 4.0  # wide, so that both ends of the clamp are exercised
     loss_fn = DSMLoss(p_mean, p_std, SIGMA_DATA, SIGMA_MIN, SIGMA_MAX)
     x0 = torch.linspace(-2.0, 2.0, 64)
@@ -45,8 +47,10 @@ def test_dsm_equals_a_hand_computation() -> None:
     c_out = t * SIGMA_DATA / torch.sqrt(t**2 + sd2)
     c_in = 1 / torch.sqrt(t**2 + sd2)
     with torch.no_grad():
-        raw = model.net(c_in * x_t, torch.log(t) / 4, torch.log(t) / 4)
-    denoised = c_skip * x_t + c_out * raw
+        raw, gate = model.net(c_in * x_t, torch.log(t) / 4, torch.log(t) / 4)
+    assert (gate is None) == (kind == "mlp")
+    skip = c_skip if gate is None else c_skip * (1 - gate)
+    denoised = skip * x_t + c_out * raw
     weight = (t**2 + sd2) / (t * SIGMA_DATA) ** 2
     expected = float(torch.mean(weight.double() * (denoised.double() - x0.double()) ** 2))
     assert loss.item() == pytest.approx(expected, rel=1e-5)
@@ -146,6 +150,60 @@ def test_consistency_is_zero_for_an_exactly_consistent_model_at_any_u() -> None:
     assert loss_fn(model, _SemigroupJump(0.5), x_t, t, x_u, u, s).item() > 1e-6
 
 
+@pytest.mark.parametrize(("intermediate", "end"), [(1.0, 0.0), (0.0, 1.0), (0.7, 0.4), (2.0, 3.0)])
+def test_consistency_weights_against_closed_form_jumps(intermediate: float, end: float) -> None:
+    """With G(x, t, s) = x·(s/t)^a (model a = 0.8, target a = 0.5) every term has a closed form:
+    w_i·mean(Δ²) + w_e·mean((Δ·(σ_min/s)^0.5)²), Δ = x_t·(s/t)^0.8 − x_u·(s/u)^0.5."""
+    loss_fn = ConsistencyLoss(SIGMA_MIN, intermediate_weight=intermediate, end_weight=end)
+    x_t, t, u, s = _batch(dtype=torch.float64)
+    x_u = 0.6 * x_t + 0.2
+    loss = loss_fn(_SemigroupJump(0.8), _SemigroupJump(0.5), x_t, t, x_u, u, s).item()
+    at_s = x_t * (s / t) ** 0.8 - x_u * (s / u) ** 0.5  # G_θ(x_t, t, s) − G_sg(x_u, u, s)
+    at_end = at_s * (SIGMA_MIN / s) ** 0.5  # both pushed on by the target's jump s → σ_min
+    expected = intermediate * float((at_s**2).mean()) + end * float((at_end**2).mean())
+    assert loss == pytest.approx(expected, rel=1e-12)
+    # Positional order is (σ_min, intermediate_weight, end_weight); the defaults are the paper's loss.
+    assert ConsistencyLoss(SIGMA_MIN, intermediate, end)(
+        _SemigroupJump(0.8), _SemigroupJump(0.5), x_t, t, x_u, u, s
+    ).item() == pytest.approx(expected, rel=1e-12)
+    paper = ConsistencyLoss(SIGMA_MIN)(_SemigroupJump(0.8), _SemigroupJump(0.5), x_t, t, x_u, u, s)
+    assert paper.item() == pytest.approx(float((at_end**2).mean()), rel=1e-12)
+
+
+class _NoEndJump(_SemigroupJump):
+    """A target that refuses any jump to σ_min: with end_weight 0 the loss must not ask for one."""
+
+    def jump(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        assert not bool((s == SIGMA_MIN).any()), "jumped to σ_min"
+        return super().jump(x, t, s)
+
+
+def test_end_weight_zero_skips_the_jump_to_sigma_min() -> None:
+    x_t, t, u, s = _batch(dtype=torch.float64)
+    s = s.clamp_min(2 * SIGMA_MIN)
+    loss_fn = ConsistencyLoss(SIGMA_MIN, intermediate_weight=1.0, end_weight=0.0)
+    loss = loss_fn(_SemigroupJump(0.8), _NoEndJump(0.5), x_t, t, 0.6 * x_t, u, s)
+    assert loss.item() > 0
+    with pytest.raises(AssertionError, match="σ_min"):
+        ConsistencyLoss(SIGMA_MIN, 1.0, 1.0)(_SemigroupJump(0.8), _NoEndJump(0.5), x_t, t, 0.6 * x_t, u, s)
+
+
+def test_intermediate_gradient_is_that_of_the_direct_comparison_at_s() -> None:
+    """With end_weight 0 the gradient is that of mean((G_θ(x_t, t, s) − G_sg(x_u, u, s))²) alone."""
+    model, target = _model(0), _model(1).requires_grad_(False)
+    x_t, t, u, s = _batch()
+    x_u = 0.5 * x_t
+    loss_fn = ConsistencyLoss(SIGMA_MIN, intermediate_weight=1.0, end_weight=0.0)
+    loss_fn(model, target, x_t, t, x_u, u, s).backward()
+    reference = copy.deepcopy(model)
+    reference.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        goal = target.jump(x_u, u, s)
+    ((reference.jump(x_t, t, s) - goal) ** 2).mean().backward()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_consistency_equals_a_hand_computation() -> None:
     model, target = _model(0), _model(1).requires_grad_(False)
     loss_fn = ConsistencyLoss(SIGMA_MIN)
@@ -188,3 +246,28 @@ def test_gradient_flows_only_into_the_online_model() -> None:
     ((target.jump(reference.jump(x_t, t, s), s, end) - goal) ** 2).mean().backward()
     for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+class _PosteriorMeanModel:
+    """A 'model' whose denoiser is the exact float32 posterior mean over fixed reference points."""
+
+    def __init__(self, points: torch.Tensor) -> None:
+        self.points = points
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", enabled=False):
+            logits = -((x.double()[:, None] - self.points.double()[None, :]) ** 2) / (
+                2 * t.double()[:, None] ** 2
+            )
+            return (torch.softmax(logits, dim=1) @ self.points.double()).float()
+
+
+def test_stable_target_is_float32_under_bf16_autocast() -> None:
+    """Under bf16 autocast the stable target must still be the float32 posterior mean: a model that
+    returns exactly that mean scores (almost) zero. In bf16 the mean is off by up to ~1e-2."""
+    points = torch.linspace(-1.5, 1.5, 257)
+    loss_fn = DSMLoss(-1.2, 1.2, SIGMA_DATA, SIGMA_MIN, SIGMA_MAX)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = loss_fn(_PosteriorMeanModel(points), points, torch.Generator().manual_seed(0), points)
+    assert loss.dtype == torch.float32
+    assert float(loss) < 1e-8

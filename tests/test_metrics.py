@@ -11,11 +11,11 @@ from ctm_core.metrics import (
     ks_to_cdf,
     mode_coverage,
     nll,
-    quantile_noise,
     quantile_w1,
     w1_to_cdf,
     w1_two_sample,
 )
+from ctm_core.samplers import latent
 from ctm_core.tasks import TASKS, EmpiricalTask, GaussianMixture
 
 N = 20_000
@@ -26,12 +26,14 @@ def _mid_p(n: int) -> np.ndarray:
     return (np.arange(n) + 0.5) / n
 
 
-def test_quantile_noise():
-    z = quantile_noise(4, 2.0)
-    assert z.dtype == torch.float32 and z.shape == (4,)
-    expected = 2.0 * stats.norm.ppf([0.125, 0.375, 0.625, 0.875])
-    np.testing.assert_allclose(z.numpy(), expected, rtol=1e-6)
-    assert float(quantile_noise(N, 10.0).mean()) == pytest.approx(0.0, abs=1e-5)
+def test_quantile_w1_of_quantile_latents():
+    """The samplers' quantile latents (float32) are N(μ, std²)'s midpoint quantiles: qW1 ≈ 0 against
+    that law, and |std − b|·E|Z| = |std − b|·√(2/π) against N(μ, b²)."""
+    z = latent(N, 0.5, 2.5, "quantile", torch.Generator())
+    assert z.dtype == torch.float32 and z.shape == (N,)
+    assert quantile_w1(z, GaussianMixture("prior", [1.0], [0.5], [2.5])) < 1e-5
+    narrow = GaussianMixture("narrow", [1.0], [0.5], [2.0])
+    assert quantile_w1(z, narrow) == pytest.approx(0.5 * np.sqrt(2 / np.pi), rel=1e-3)
 
 
 @pytest.mark.parametrize("name", ["two_gmm_1D", "heavy_tailed_1D", "many_modes_1D"])

@@ -20,9 +20,9 @@ LEVELS = [(80.0, 0.002), (10.0, 0.5), (1.0, 0.999), (0.3, 0.3), (0.002, 0.002)]
 
 @pytest.fixture
 def model() -> CTMParametrization:
-    """A default-size (4×128) model with a non-zero data mean."""
+    """A default-size MLP (`kind="mlp"`: the folded MLP runtime's network) with a non-zero data mean."""
     torch.manual_seed(0)
-    return build_model(NetworkConfig(), sigma_data=0.5, data_mean=0.7).eval().requires_grad_(False)
+    return build_model(NetworkConfig(kind="mlp"), sigma_data=0.5, data_mean=0.7).eval().requires_grad_(False)
 
 
 @pytest.fixture(params=[1, 2, 3], ids=["1-thread", "2-threads", "3-threads"])

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ctm_core.schedules import exponential_sigmas, get_sigmas, karras_sigmas, landing_sigmas, linear_sigmas
+from ctm_core.schedules import exponential_sigmas, get_sigmas, karras_sigmas, linear_sigmas
 
 
 @pytest.mark.parametrize("schedule", [karras_sigmas, exponential_sigmas, linear_sigmas])
@@ -41,15 +41,13 @@ def test_unknown_schedule_names_choices():
         get_sigmas("cosine", 5, 0.002, 10.0)
 
 
-def test_landing_schedule_jumps_to_the_landing_level_then_descends_on_karras():
-    sigmas = landing_sigmas(5, 0.002, 10.0, 0.05, 7.0)
-    assert sigmas[:2].tolist() == [10.0, 0.05]
-    torch.testing.assert_close(sigmas[1:], karras_sigmas(4, 0.002, 0.05, 7.0), rtol=0, atol=0)
-    assert landing_sigmas(3, 0.002, 10.0, 0.05).tolist() == [10.0, 0.05, 0.002]
-    assert landing_sigmas(2, 0.002, 10.0, 0.05).tolist() == [10.0, 0.002]
+@pytest.mark.parametrize("name", ["karras", "exponential", "linear"])
+def test_get_sigmas_names_the_schedules(name):
+    schedule = {"karras": karras_sigmas, "exponential": exponential_sigmas, "linear": linear_sigmas}[name]
+    assert torch.equal(get_sigmas(name, 7, 0.002, 10.0, 5.0), schedule(7, 0.002, 10.0, 5.0))
 
 
-@pytest.mark.parametrize("landing", [0.002, 0.001, 10.0, 12.0])
-def test_landing_outside_the_range_raises(landing):
-    with pytest.raises(ValueError, match="landing"):
-        landing_sigmas(3, 0.002, 10.0, landing)
+def test_linear_matches_formula():
+    i = torch.arange(6, dtype=torch.float64)
+    expected = 10.0 + i / 5 * (0.002 - 10.0)
+    torch.testing.assert_close(linear_sigmas(6, 0.002, 10.0), expected, rtol=1e-12, atol=1e-12)

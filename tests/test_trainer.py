@@ -12,15 +12,17 @@ import torch
 from ctm_core.checkpoint import checkpoint_metadata, load_checkpoint, save_checkpoint
 from ctm_core.config import CTMConfig, NetworkConfig, NoiseConfig, TeacherConfig, TrainConfig
 from ctm_core.tasks import get_task
-from ctm_core.trainer import Trainer, cosine_lr, draw_ctm_indices
+from ctm_core.trainer import Trainer, cosine_lr, draw_ctm_indices, refine_grid
 
 TASK = get_task("two_gmm_1D")
 TINY = NetworkConfig(width=16, depth=2)
+# The first layer of each kind's network, to see training move the weights.
+FIRST_LAYER = {"monotone": "net.trunk.0.weight", "mlp": "net.mlp.0.weight"}
 
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
-    """One torch thread: far faster for a 16-wide MLP on a busy machine (as the CLI's default)."""
+    """One torch thread: far faster for a 16-wide network on a busy machine (as the CLI's default)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -146,16 +148,18 @@ def test_real_training_run() -> None:
     assert np.isfinite(teacher).all() and np.isfinite(ctm).all() and (ctm > 0).all()
     assert teacher[-30:].mean() < 0.7 * teacher[:30].mean(), (teacher[:30].mean(), teacher[-30:].mean())
     assert state.wall_seconds > 0
-    # The teacher pool holds Heun trajectories from σ_max·z on the training grid.
+    # The teacher pool holds Heun trajectories from the prior N(0, σ_max² + σ_d²) on the training grid.
     pool = trainer.teacher_pool()
     assert pool.shape == (18, 512)
     assert torch.isfinite(pool).all()
-    assert pool[0].std().item() == pytest.approx(10.0, rel=0.1)
+    assert pool[0].std().item() == pytest.approx(math.sqrt(10.0**2 + 0.5**2), rel=0.1)
     assert pool[-1].abs().max().item() < pool[0].abs().max().item()
 
 
-def test_student_starts_from_the_teachers_evaluation_weights() -> None:
+@pytest.mark.parametrize("kind", ["monotone", "mlp"])
+def test_student_starts_from_the_teachers_evaluation_weights(kind: str) -> None:
     config = _config(
+        network=TINY.model_copy(update={"kind": kind}),
         teacher=TeacherConfig(steps=20, batch_size=64, lr=1e-2),
         ctm=CTMConfig(steps=0, batch_size=64, pool_size=64),
     )
@@ -167,7 +171,75 @@ def test_student_starts_from_the_teachers_evaluation_weights() -> None:
         for key, value in model.state_dict().items():
             assert torch.equal(value, teacher[key]), key
     # The teacher phase moved the teacher's EMA away from the initial weights.
-    assert not torch.equal(teacher["net.mlp.0.weight"], initial["net.mlp.0.weight"])
+    assert not torch.equal(teacher[FIRST_LAYER[kind]], initial[FIRST_LAYER[kind]])
+
+
+def test_ctm_phase_uses_the_configured_loss_weights() -> None:
+    """The consistency loss takes ctm.intermediate_weight and ctm.end_weight (default 1 and 0: the
+    comparison at s only)."""
+    ctm = CTMConfig(steps=0, batch_size=64, pool_size=64, intermediate_weight=0.3, end_weight=2.0)
+    trainer = _trainer(_config(ctm=ctm))
+    assert (trainer.consistency.intermediate_weight, trainer.consistency.end_weight) == (0.3, 2.0)
+    assert trainer.consistency.sigma_min == trainer.config.noise.sigma_min
+    defaults = _trainer(_config()).consistency
+    assert (defaults.intermediate_weight, defaults.end_weight) == (1.0, 0.0)
+
+
+# ---- the teacher pool ----------------------------------------------------------------------------
+
+
+class _GaussianTeacher:
+    """The exact denoiser of N(μ, σ²) data, standing in for a trained teacher."""
+
+    def __init__(self, mu: float, sigma: float) -> None:
+        self.mu, self.sigma = mu, sigma
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.mu + self.sigma**2 / (self.sigma**2 + t**2) * (x - self.mu)
+
+
+def _gaussian_pool(substeps: int, pool_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pool, grid) of a trainer whose teacher is exact for N(0.4, 1.5²) data, σ_max = 2."""
+    noise = NoiseConfig(sigma_max=2.0, sigma_data=1.5, data_mean=0.4)
+    ctm = CTMConfig(pool_size=pool_size, grid_points=8, pool_substeps=substeps)
+    trainer = _trainer(_config(noise=noise, ctm=ctm))
+    trainer.teacher_eval = _GaussianTeacher(0.4, 1.5)
+    return trainer.teacher_pool(), trainer.grid.double()
+
+
+def test_teacher_pool_starts_from_the_wide_prior() -> None:
+    """x_T ~ N(μ, σ_max² + σ_d²) = N(0.4, 2.5²); the narrow N(0.4, 2²) would be 20 standard errors off."""
+    pool, _ = _gaussian_pool(4)
+    x_T = pool[0].double()
+    assert x_T.mean().item() == pytest.approx(0.4, abs=4 * 2.5 / math.sqrt(4096))
+    assert x_T.std().item() == pytest.approx(2.5, abs=4 * 2.5 / math.sqrt(2 * 4096))
+
+
+def test_teacher_pool_follows_the_exact_flow_and_substeps_refine_it() -> None:
+    """Each row is the closed-form Gaussian flow μ + (x_T − μ)·√(σ² + t_i²)/√(σ² + σ_max²) of its
+    first row, up to Heun's error, which pool_substeps Heun steps per interval shrink ~substeps²."""
+    errors = {}
+    for substeps in (1, 4):
+        pool, grid = _gaussian_pool(substeps, pool_size=256)
+        assert pool.shape == (8, 256)
+        scale = torch.sqrt(1.5**2 + grid[:, None] ** 2) / math.sqrt(1.5**2 + 2.0**2)
+        exact = 0.4 + (pool[0].double() - 0.4) * scale
+        errors[substeps] = (pool.double() - exact).abs().max().item()
+    assert errors[1] > 0.05  # one Heun step per interval of an 8-point grid is visibly off
+    assert errors[4] < 0.01 and errors[1] > 10 * errors[4]  # second order: ≈ 16×
+
+
+def test_refine_grid_inserts_karras_levels_between_the_grid_points() -> None:
+    grid = torch.tensor([80.0, 5.0, 0.3, 0.002], dtype=torch.float64)
+    assert torch.equal(refine_grid(grid, 1), grid)
+    fine = refine_grid(grid, 4, rho=7.0)
+    assert fine.shape == (13,)  # 4 levels per interval, and the last point
+    assert torch.equal(fine[::4], grid)  # the original levels at every 4th position
+    assert (fine.diff() < 0).all()
+    i = torch.arange(4, dtype=torch.float64)
+    for j, (hi, lo) in enumerate([(80.0, 5.0), (5.0, 0.3), (0.3, 0.002)]):
+        expected = (hi ** (1 / 7) + i / 4 * (lo ** (1 / 7) - hi ** (1 / 7))) ** 7  # Karras et al., eq. 5
+        torch.testing.assert_close(fine[4 * j : 4 * j + 4], expected, rtol=1e-12, atol=0)
 
 
 def test_scratch_mode_trains_the_student_alone() -> None:
@@ -206,7 +278,7 @@ def _assert_same_run(a: Trainer, b: Trainer) -> None:
         for key in sa:
             assert torch.equal(sa[key], sb[key]), f"{name}.{key}"
     oa, ob = a.optimizer.state_dict(), b.optimizer.state_dict()
-    assert oa["state"].keys() == ob["state"].keys() and len(oa["state"]) == 6
+    assert oa["state"].keys() == ob["state"].keys() and len(oa["state"]) == len(list(a.online.parameters()))
     for index, slots in oa["state"].items():
         for key, value in slots.items():
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(ob["state"][index][key])), (index, key)

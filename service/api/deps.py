@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request, status
 
-from ctm_core.samplers import NoiseMode, SamplerName
+from ctm_core.samplers import NoiseMode, SamplerName, explicit_sigmas
 from service.config import MAX_SEED, Settings
 from service.inference import InferenceEngine, SamplingJob
 from service.registry import LoadedModel, ModelRegistry
@@ -61,67 +61,168 @@ def unprocessable(message: str) -> HTTPException:
     return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, message)
 
 
-def sampling_job_dependency(settings: Settings) -> Callable[..., SamplingJob]:
-    """The dependency that turns /sample's query into a `SamplingJob`, with this app's limits."""
+def parse_sigmas(values: list[str]) -> list[float]:
+    """The numbers of a `sigmas` query: repeated values, each possibly comma-separated; 422 for a
+    value that is not a number (the levels' rules are `ctm_core.samplers.explicit_sigmas`')."""
+    levels = []
+    for value in values:
+        for part in value.split(","):
+            text = part.strip()
+            try:
+                levels.append(float(text))
+            except ValueError:
+                shown = text if len(text) <= _NAME_ECHO_LIMIT else text[:_NAME_ECHO_LIMIT] + "…"
+                what = f"got {shown!r}" if text else "got an empty value"
+                raise unprocessable(
+                    f"every sigma must be a number, {what}; give the levels as "
+                    "?sigmas=10&sigmas=1&sigmas=0.002 or ?sigmas=10,1,0.002"
+                ) from None
+    return levels
+
+
+def request_sigmas(
+    loaded: LoadedModel, values: list[str], sampler: str, max_levels: int
+) -> tuple[float, ...]:
+    """The explicit noise levels of a request, checked against the model's noise range; 422 with the
+    rule broken (at least 2 levels, strictly decreasing from σ_max to σ_min, at most `max_levels`)."""
+    noise = loaded.checkpoint.noise
+    try:
+        levels = explicit_sigmas(
+            parse_sigmas(values), sigma_min=noise.sigma_min, sigma_max=noise.sigma_max, max_levels=max_levels
+        )
+    except ValueError as exc:
+        raise unprocessable(str(exc)) from None
+    if sampler == "onestep" and len(levels) != 2:
+        raise unprocessable(
+            f"the onestep sampler takes exactly 2 sigmas (σ_max and σ_min), got {len(levels)}; "
+            "use sampler=multistep for more levels"
+        )
+    return tuple(levels.tolist())
+
+
+def sampling_job_dependency(settings: Settings, *, with_sigmas: bool = False) -> Callable[..., SamplingJob]:
+    """The dependency that turns /sample's query into a `SamplingJob`, with this app's limits.
+
+    `with_sigmas`: it also takes the explicit noise levels `sigmas` (/sample and /trajectory).
+    """
     default_n = min(1000, settings.max_n)
+    max_levels = settings.max_steps + 1
+    # The parameters both signatures share (Annotated types: FastAPI reads their Query).
+    Model = Annotated[str, Query(description="A loaded model's name (see /models).")]
+    Sampler = Annotated[
+        SamplerName,
+        Query(description="CTM jumps (onestep, multistep, gamma) or PF-ODE solvers (euler, heun)."),
+    ]
+    N = Annotated[int, Query(ge=1, le=settings.max_n, description="Number of samples.")]
+    Seed = Annotated[
+        int | None,
+        Query(ge=0, le=MAX_SEED, description="Seed of every random draw; omitted: one is drawn."),
+    ]
+    Gamma = Annotated[
+        float,
+        Query(ge=0, le=1, allow_inf_nan=False, description="γ of the gamma sampler (others ignore it)."),
+    ]
+    Noise = Annotated[
+        NoiseMode,
+        Query(
+            description="Latent x_T: random from the prior N(μ, std²), or its n quantiles "
+            "μ + std·Φ⁻¹((i + ½)/n)."
+        ),
+    ]
 
     async def sampling_job(
         request: Request,
-        model: Annotated[
-            str, Query(description="A loaded model's name (see /models).")
-        ] = settings.default_model,
-        sampler: Annotated[
-            SamplerName,
-            Query(description="CTM jumps (onestep, multistep, gamma) or PF-ODE solvers (euler, heun)."),
-        ] = "onestep",
+        model: Model = settings.default_model,
+        sampler: Sampler = "onestep",
         steps: Annotated[
             int, Query(ge=1, le=settings.max_steps, description="Sampler steps; onestep takes only 1.")
         ] = 1,
-        n: Annotated[int, Query(ge=1, le=settings.max_n, description="Number of samples.")] = default_n,
-        seed: Annotated[
-            int | None,
-            Query(ge=0, le=MAX_SEED, description="Seed of every random draw; omitted: one is drawn."),
-        ] = None,
-        gamma: Annotated[
-            float,
-            Query(ge=0, le=1, allow_inf_nan=False, description="γ of the gamma sampler (others ignore it)."),
-        ] = 0.5,
-        noise: Annotated[
-            NoiseMode,
-            Query(description="Latent x_T: random, or the n quantiles σ_max·Φ⁻¹((i + ½)/n)."),
-        ] = "random",
+        n: N = default_n,
+        seed: Seed = None,
+        gamma: Gamma = 0.5,
+        noise: Noise = "random",
     ) -> SamplingJob:
-        if sampler == "onestep" and steps != 1:
+        return make_job(request, model, sampler, steps, n, seed, gamma, noise, None)
+
+    async def sampling_job_with_sigmas(
+        request: Request,
+        model: Model = settings.default_model,
+        sampler: Sampler = "onestep",
+        steps: Annotated[
+            int,
+            Query(
+                ge=1,
+                le=settings.max_steps,
+                description="Sampler steps on the model's schedule; onestep takes only 1. "
+                "Ignored when `sigmas` is given.",
+            ),
+        ] = 1,
+        n: N = default_n,
+        seed: Seed = None,
+        gamma: Gamma = 0.5,
+        noise: Noise = "random",
+        sigmas: Annotated[
+            list[str] | None,
+            Query(
+                description="Explicit noise levels, overriding `steps` and the schedule: repeated "
+                "(?sigmas=10&sigmas=1&sigmas=0.002) or comma-separated (?sigmas=10,1,0.002). Strictly "
+                "decreasing from the model's σ_max to its σ_min (see /models), 2 to "
+                f"{max_levels} levels (CTM_MAX_STEPS + 1); steps = levels − 1, and onestep takes "
+                "exactly 2."
+            ),
+        ] = None,
+    ) -> SamplingJob:
+        return make_job(request, model, sampler, steps, n, seed, gamma, noise, sigmas)
+
+    def make_job(
+        request: Request,
+        model: str,
+        sampler: SamplerName,
+        steps: int,
+        n: int,
+        seed: int | None,
+        gamma: float,
+        noise: NoiseMode,
+        sigmas: list[str] | None,
+    ) -> SamplingJob:
+        if sigmas is None and sampler == "onestep" and steps != 1:
             raise unprocessable(
                 f"the onestep sampler takes exactly 1 step, got steps={steps}; "
                 "use sampler=multistep for more steps"
             )
         loaded = lookup_model(request.app.state.registry, model, settings)  # no RegistryDep: see /sample
         label_request(request, model=loaded.name, sampler=sampler)
+        levels = None if sigmas is None else request_sigmas(loaded, sigmas, sampler, max_levels)
         return SamplingJob(
             model=loaded,
             sampler=sampler,
-            steps=steps,
+            steps=steps if levels is None else len(levels) - 1,
             n=n,
             seed=secrets.randbelow(MAX_SEED + 1) if seed is None else seed,
             noise=noise,
             gamma=gamma,
+            sigmas=levels,
         )
 
-    return sampling_job
+    return sampling_job_with_sigmas if with_sigmas else sampling_job
 
 
-def trajectory_job_dependency(settings: Settings) -> Callable[..., SamplingJob]:
-    """/sample's dependency plus the response-size limit n × (steps + 1) of /trajectory."""
-    sampling_job = sampling_job_dependency(settings)
+def trajectory_job_dependency(settings: Settings, *, with_sigmas: bool = False) -> Callable[..., SamplingJob]:
+    """/sample's dependency plus the response-size limit n × (levels) of /trajectory.
+
+    The levels are steps + 1, or the number of explicit `sigmas` when given (`with_sigmas`).
+    """
+    sampling_job = sampling_job_dependency(settings, with_sigmas=with_sigmas)
     limit = settings.max_trajectory_values
 
     async def trajectory_job(job: Annotated[SamplingJob, Depends(sampling_job)]) -> SamplingJob:
-        values = job.n * (job.steps + 1)
+        levels = job.steps + 1 if job.sigmas is None else len(job.sigmas)
+        values = job.n * levels
         if values > limit:
+            lower = "n or steps" if job.sigmas is None else "n or the number of sigmas"
             raise unprocessable(
-                f"a trajectory of n × (steps + 1) = {job.n} × {job.steps + 1} = {values} values exceeds "
-                f"the limit of {limit} values (CTM_MAX_TRAJECTORY_VALUES); lower n or steps"
+                f"a trajectory of n × (steps + 1) = {job.n} × {levels} = {values} values exceeds "
+                f"the limit of {limit} values (CTM_MAX_TRAJECTORY_VALUES); lower {lower}"
             )
         return job
 

@@ -1,14 +1,24 @@
-"""POST /logprob and GET /logprob: the served model's exact log-density at given points."""
+"""POST /logprob and GET /logprob: the served model's exact log-density at given points.
+
+Two densities, by `sampler`:
+- onestep (the default): the law of the one-step sampler's samples y = G(z, σ_max, σ_min), z from
+  the prior, by the change of variables log p(y) = log p_prior(z) − log ∂G/∂z at z = G⁻¹(y)
+  (`ctm_core.likelihood.onestep_log_prob`), i.e. of what /sample?sampler=onestep draws.
+- ode: the law of the model's probability-flow ODE, whose drift is the student's denoiser
+  g(x, t, t), integrated from σ_min to σ_max (`ctm_core.likelihood.log_prob`): what the PF-ODE
+  solvers converge to with many steps.
+"""
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import BaseModel, Field
 
-from ctm_core.likelihood import log_prob
+from ctm_core.likelihood import log_prob, onestep_log_prob
+from ctm_core.network import MonotoneNetwork
 from service.api.deps import EngineDep, RegistryDep, SettingsDep, lookup_model, unprocessable
 from service.api.responses import json_response
 from service.registry import LoadedModel
@@ -21,9 +31,16 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     status.HTTP_404_NOT_FOUND: {"model": ErrorResponse, "description": "Unknown model."},
     status.HTTP_422_UNPROCESSABLE_CONTENT: {
         "model": ValidationErrorResponse,
-        "description": "No points, too many points, or a point that is not a finite number.",
+        "description": "No points, too many points, a point that is not a finite number, an unknown "
+        "sampler, or onestep for a model whose one-step map is not monotone.",
     },
 }
+DensityName = Literal["onestep", "ode"]
+SAMPLER_DESCRIPTION = (
+    "Which density: onestep (default), the law of the one-step sampler's samples by the change of "
+    "variables through its map G(·, σ_max, σ_min); ode, the law of the probability-flow ODE of the "
+    "model's denoiser (RK4, 64 steps), what many-step PF-ODE sampling converges to."
+)
 
 
 class LogProbRequest(BaseModel):
@@ -31,6 +48,7 @@ class LogProbRequest(BaseModel):
 
     model: str | None = Field(None, max_length=200)
     x: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(min_length=1, max_length=MAX_POST_POINTS)
+    sampler: DensityName = Field("onestep", description=SAMPLER_DESCRIPTION)
 
 
 class LogProbResponse(BaseModel):
@@ -38,26 +56,57 @@ class LogProbResponse(BaseModel):
 
     model: str
     model_sha256: str
+    density: DensityName = Field(
+        description="The density evaluated: onestep (the one-step sampler's law) or ode (the PF-ODE's)."
+    )
     x: list[float]
     logprob: list[float | None] = Field(
-        description="null where log p is not a finite number (x beyond float32's range, |x| > 3.4e38)."
+        description="null where log p is not a finite number: density 0 (onestep: x outside the range "
+        "of the one-step map), or x beyond float32's range (|x| > 3.4e38)."
     )
 
 
-def model_log_prob(model: LoadedModel, x: list[float]) -> np.ndarray:
-    """log p(x) by the PF-ODE of the served model's denoiser g(x, t, t) (see ctm_core.likelihood)."""
+def model_log_prob(model: LoadedModel, x: list[float], density: DensityName = "ode") -> np.ndarray:
+    """log p(x) of the served model (see ctm_core.likelihood): density "onestep", the one-step
+    sampler's law by the change of variables through G(·, σ_max, σ_min); "ode", the PF-ODE's law
+    of the model's denoiser g(x, t, t)."""
     noise = model.checkpoint.noise
     network = model.network
     points = torch.tensor(x, dtype=torch.float32, device=next(network.parameters()).device)
+    if density == "onestep":
+        return onestep_log_prob(network, points, noise).cpu().numpy()
     values = log_prob(
-        network, points, noise.sigma_min, noise.sigma_max, rho=noise.rho, data_mean=noise.data_mean or 0.0
+        network,
+        points,
+        noise.sigma_min,
+        noise.sigma_max,
+        rho=noise.rho,
+        data_mean=noise.data_mean or 0.0,
+        prior_std=noise.prior_std,
     )
     return values.cpu().numpy()
 
 
-async def _answer(engine: Any, model: LoadedModel, x: list[float]) -> Response:
-    logprob = await engine.call(model_log_prob, model, x)
-    payload = {"model": model.name, "model_sha256": model.sha256, "x": np.asarray(x), "logprob": logprob}
+def check_density(model: LoadedModel, density: DensityName) -> None:
+    """422 when the onestep density is asked of a model whose one-step map is not monotone: the
+    change of variables needs G non-decreasing in x (`MonotoneNetwork`)."""
+    if density == "onestep" and not isinstance(model.network.net, MonotoneNetwork):
+        raise unprocessable(
+            f"model {model.name!r} has no onestep density: its network is not monotone in x, so its "
+            "one-step map cannot be inverted; use sampler=ode for the PF-ODE density"
+        )
+
+
+async def _answer(engine: Any, model: LoadedModel, x: list[float], density: DensityName) -> Response:
+    check_density(model, density)
+    logprob = await engine.call(model_log_prob, model, x, density)
+    payload = {
+        "model": model.name,
+        "model_sha256": model.sha256,
+        "density": density,
+        "x": np.asarray(x),
+        "logprob": logprob,
+    }
     return await json_response(payload, values=2 * len(x))
 
 
@@ -68,14 +117,18 @@ router = APIRouter(tags=["likelihood"])
 async def logprob_post(
     body: LogProbRequest, request: Request, registry: RegistryDep, settings: SettingsDep, engine: EngineDep
 ) -> Response:
-    """Exact 1D log-likelihood log p(x) of the model's probability-flow ODE (≤ 10,000 finite points).
+    """Exact 1D log-likelihood log p(x) of the model at ≤ 10,000 finite points; `sampler` picks which.
 
-    Integrates the PF-ODE from σ_min up to σ_max with Runge–Kutta 4 (64 steps) and the exact
-    derivative of the drift; the prior at σ_max is the sampler's N(data mean, σ_max²).
+    onestep (default): the density of the one-step sampler's samples y = G(z, σ_max, σ_min), z from
+    the prior N(data mean, σ_max² + σ_d²): log p(y) = log p_prior(z) − log ∂G/∂z at z = G⁻¹(y),
+    G inverted by bisection and differentiated exactly (−inf, shown as null, outside G's range).
+
+    ode: the density of the model's probability-flow ODE, integrated from σ_min up to σ_max with
+    Runge–Kutta 4 (64 steps) and the exact derivative of the drift, with the same prior at σ_max.
     """
     model = lookup_model(registry, body.model or settings.default_model, settings)
-    label_request(request, model=model.name)
-    return await _answer(engine, model, body.x)
+    label_request(request, model=model.name, sampler=body.sampler)
+    return await _answer(engine, model, body.x, body.sampler)
 
 
 @router.get(
@@ -90,8 +143,12 @@ async def logprob_get(
     model: Annotated[
         str | None, Query(max_length=200, description="Model name (default model if omitted).")
     ] = None,
+    sampler: Annotated[DensityName, Query(description=SAMPLER_DESCRIPTION)] = "onestep",
 ) -> Response:
-    """log p(x) for up to 100 points given as repeated `x` parameters; POST takes up to 10,000."""
+    """log p(x) for up to 100 points given as repeated `x` parameters; POST takes up to 10,000.
+
+    `sampler`: onestep (default), the one-step sampler's density; ode, the PF-ODE's (see POST).
+    """
     if not 1 <= len(x) <= MAX_GET_POINTS:
         raise unprocessable(
             f"give 1 to {MAX_GET_POINTS} x values (got {len(x)}); POST /logprob takes up to {MAX_POST_POINTS}"
@@ -100,5 +157,5 @@ async def logprob_get(
     if bad is not None:
         raise unprocessable(f"every x must be a finite number, got {bad}")
     found = lookup_model(registry, model or settings.default_model, settings)
-    label_request(request, model=found.name)
-    return await _answer(engine, found, x)
+    label_request(request, model=found.name, sampler=sampler)
+    return await _answer(engine, found, x, sampler)

@@ -54,12 +54,16 @@ async def run(engine: InferenceEngine, telemetry: Telemetry, job: SamplingJob) -
 def create_router(settings: Settings) -> APIRouter:
     """The sampling routes, with this app's request limits in their parameters."""
     router = APIRouter(tags=["sampling"])
-    SampleJob = Annotated[SamplingJob, Depends(sampling_job_dependency(settings))]
-    TrajectoryJob = Annotated[SamplingJob, Depends(trajectory_job_dependency(settings))]
+    SampleJob = Annotated[SamplingJob, Depends(sampling_job_dependency(settings, with_sigmas=True))]
+    TrajectoryJob = Annotated[SamplingJob, Depends(trajectory_job_dependency(settings, with_sigmas=True))]
 
     @router.get("/sample", response_model=SampleResponse, responses=ERRORS, summary="Draw samples")
     async def sample(job: SampleJob, request: Request) -> Response:
-        """n samples from a model; the same seed gives the same samples."""
+        """n samples from a model; the same seed gives the same samples.
+
+        The sampler visits `steps` + 1 noise levels of the model's schedule, or exactly the levels
+        given as `sigmas` (from the model's σ_max down to its σ_min; steps is then their number − 1).
+        """
         # The engine and metrics straight from the app's state: each FastAPI dependency costs
         # about 13 µs a request, and /sample is the hot path (docs/PERFORMANCE.md).
         result = await run(request.app.state.engine, request.app.state.telemetry, job)
@@ -71,7 +75,9 @@ def create_router(settings: Settings) -> APIRouter:
     async def trajectory(job: TrajectoryJob, request: Request) -> Response:
         """/sample plus the noise levels and each sample's state at every one of them.
 
-        Limited to n × (steps + 1) values (CTM_MAX_TRAJECTORY_VALUES).
+        `sigmas` in the answer: the levels the sampler visited (the ones given, when given).
+        Limited to n × (steps + 1) values (CTM_MAX_TRAJECTORY_VALUES), steps + 1 being the number
+        of levels.
         """
         result = await run(request.app.state.engine, request.app.state.telemetry, job)
         return await json_response(trajectory_payload(result), values=job.n * (job.steps + 2))
