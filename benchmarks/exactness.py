@@ -169,12 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=Path("runs/exactness"), help="where --train writes")
     parser.add_argument("--n", type=int, default=20_000, help="quantile latents per measurement")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args(argv)
     tasks = sorted(TASKS) if args.tasks == ["all"] else args.tasks
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or (args.checkpoints is None) == (not args.train) or args.n < 100:
         parser.error(f"give --checkpoints DIR or --train, known tasks only (unknown: {unknown}), --n ≥ 100")
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     jobs: list[tuple[str, int, Path]] = []
     if args.train:
         jobs = [(t, s, args.out_dir / f"{t}_seed{s}.safetensors") for s in args.seeds for t in tasks]

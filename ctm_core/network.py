@@ -106,7 +106,7 @@ class MonotoneNetwork(nn.Module):
             base = torch.zeros(3 * k + 3)
             base[:k] = math.log(3.0 / k)  # log a_k: the units sum to a ramp of height ±3
             base[k : 2 * k] = torch.linspace(-0.7, 1.4, k)[torch.randperm(k)]  # log w_k
-            base[2 * k : 3 * k] = torch.linspace(-3.0, 3.0, k)  # c_k
+            base[2 * k : 3 * k] = torch.linspace(-3.0, 3.0, k)  # the centres m_k
             base[3 * k + 1] = _softplus_inverse(0.1)  # l
             self.head.bias.copy_(base)
 
@@ -115,10 +115,13 @@ class MonotoneNetwork(nn.Module):
         one pair shared by every sample) → see the class."""
         out = self.head(self.trunk(torch.cat([self.embed(noise_t), self.embed(noise_s)], dim=1)))
         k = self.units
+        slope = out[:, k : 2 * k].clamp(max=_MAX_LOG_SCALE).exp()
         return MonotoneCoefficients(
             amplitude=out[:, :k].clamp(max=_MAX_LOG_SCALE).exp(),
-            slope=out[:, k : 2 * k].clamp(max=_MAX_LOG_SCALE).exp(),
-            offset=out[:, 2 * k : 3 * k],
+            slope=slope,
+            # Each unit is learned by its centre m_k, so that a steep unit moves as easily as a
+            # gentle one: c_k = −w_k·m_k (with c_k itself learned, steep units barely moved).
+            offset=-slope * out[:, 2 * k : 3 * k],
             bias=out[:, 3 * k],
             linear=F.softplus(out[:, 3 * k + 1]),
             gate=torch.sigmoid(out[:, 3 * k + 2]),
