@@ -169,8 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=Path("runs/exactness"), help="where --train writes")
     parser.add_argument("--n", type=int, default=20_000, help="quantile latents per measurement")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument(
+        "--summarise", nargs="+", type=Path, metavar="JSON", help="only tabulate rows that earlier runs wrote"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args(argv)
+    if args.summarise:
+        rows = [row for path in args.summarise for row in json.loads(path.read_text())]
+        rows.sort(key=lambda r: (r["task"], r["seed"]))
+        print(format_rows(rows), summarise(rows), sep="\n\n")
+        return 0
     tasks = sorted(TASKS) if args.tasks == ["all"] else args.tasks
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or (args.checkpoints is None) == (not args.train) or args.n < 100:

@@ -157,14 +157,15 @@ async def test_evaluate_measures_the_samples_of_sample(client: httpx.AsyncClient
     params = {"sampler": "gamma", "steps": 3, "n": 300, "seed": 11, "gamma": 0.3}
     body = await get_json(client, "/evaluate", params)
     EvaluateResponse.model_validate(body)
-    samples = np.asarray((await get_json(client, "/sample", params))["samples"])
+    # The JSON holds each float32 sample's shortest repr: read back as float32, the values /evaluate measured.
+    samples = np.asarray((await get_json(client, "/sample", params))["samples"], dtype=np.float32)
     expected = {"model": "two_gmm_1D", "sampler": "gamma", "steps": 3, "nfe": 3, "n": 300, "seed": 11}
     assert body.items() >= {**expected, "noise": "random", "reference": "exact"}.items()
     assert body["w1"] == pytest.approx(w1_to_cdf(samples, get_task("two_gmm_1D")), rel=1e-9)
 
     data = {"model": "mydata", "n": 200, "seed": 3}
     body = await get_json(client, "/evaluate", data)
-    samples = np.asarray((await get_json(client, "/sample", data))["samples"])
+    samples = np.asarray((await get_json(client, "/sample", data))["samples"], dtype=np.float32)
     assert body["reference"] == "kde"
     assert body["w1"] == pytest.approx(w1_two_sample(samples, KDE_POINTS), rel=1e-9)
 

@@ -38,7 +38,8 @@ RANDOM = os.environ.get("FUZZ_RANDOM") == "1"  # fresh cases each run, instead o
 MIN_REQUESTS = 1000
 # Heavier operations (figures, densities) get fewer examples; they add little beyond the limits.
 FEWER = {"GET /plot.png": 0.2, "GET /models/{name}/density": 0.5, "GET /evaluate": 0.5}
-FEWER |= {"GET /logprob": 0.25, "POST /logprob": 0.25}  # an ODE solve with autograd per request
+# A bisection through the one-step map (onestep) or an ODE solve (ode), with autograd, per request.
+FEWER |= {"GET /logprob": 0.25, "POST /logprob": 0.25}
 FEWER["POST /admin/reload"] = 0.1  # every request without the token gets the same 401
 SMALL_LIMITS = {"max_n": 500, "max_steps": 20, "max_trajectory_values": 5000}
 ADMIN_TOKEN = "fuzz-admin-token-0123456789"
@@ -183,6 +184,15 @@ async def test_hostile_floats(client: httpx.AsyncClient) -> None:
             response = await client.get(url, params=params)
             if response.status_code == 200:
                 assert math.isfinite(float(value)), (url, value)
+            else:
+                _assert_refused(response)
+        # An explicit middle level between the default model's σ_max = 10 and σ_min = 0.002: only
+        # a finite number strictly between them is a valid schedule.
+        for url in ("/sample", "/trajectory"):
+            response = await client.get(url, params={"sampler": "multistep", "sigmas": f"10,{value},0.002"})
+            if response.status_code == 200:
+                assert 0.002 < float(value) < 10, (url, value)
+                assert response.json()["steps"] == 2
             else:
                 _assert_refused(response)
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import math
 import re
 import threading
 import time
@@ -15,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from ctm_core.config import NetworkConfig, NoiseConfig
 from ctm_core.samplers import generate
@@ -32,16 +34,19 @@ NOISE = NoiseConfig(sigma_min=0.002, sigma_max=10.0, sigma_data=0.5, data_mean=0
 
 @pytest.fixture
 def full_size_dir(tmp_path: Path, make_checkpoint: Any) -> Path:
-    """A folder with one default-size (4×128) model, `m`: the size the shipped models have."""
+    """A folder with one default model, `m` (monotone: a 3×128 conditioner of 64 tanh units), the
+    kind and size the shipped models have; and `mlp`, a default-size plain MLP (3×128)."""
     folder = tmp_path / "served"
     folder.mkdir()
     make_checkpoint(folder / "m.safetensors", noise=NOISE, network=NetworkConfig(), seed=3)
+    make_checkpoint(folder / "mlp.safetensors", noise=NOISE, network=NetworkConfig(kind="mlp"), seed=3)
     return folder
 
 
-@pytest.fixture
-def model(full_size_dir: Path) -> LoadedModel:
-    return load_model(full_size_dir / "m.safetensors", CPU)
+@pytest.fixture(params=["m", "mlp"])
+def model(full_size_dir: Path, request: pytest.FixtureRequest) -> LoadedModel:
+    """Each served runtime in turn: the folded monotone network and the folded MLP."""
+    return load_model(full_size_dir / f"{request.param}.safetensors", CPU)
 
 
 # ---- the Batcher ------------------------------------------------------------------------------------
@@ -151,6 +156,11 @@ def test_a_batch_gives_each_job_its_own_samples(model: LoadedModel, sampler: str
             gamma=0.3,
         )
         np.testing.assert_allclose(result.states, reference.states.numpy(), rtol=1e-4, atol=1e-4)
+    # The quantile job's latent is the prior's quantiles, batched or not: N(μ, σ_max² + σ_d²).
+    n = sizes[3]
+    prior = stats.norm(NOISE.data_mean, math.hypot(NOISE.sigma_max, NOISE.sigma_data))
+    expected = prior.ppf((np.arange(n) + 0.5) / n)
+    np.testing.assert_allclose(batched[3].states[0], expected, rtol=1e-6, atol=1e-5)
 
 
 # ---- the service under concurrent load --------------------------------------------------------------

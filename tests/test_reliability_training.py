@@ -67,7 +67,7 @@ def test_kill_9_at_a_random_moment_then_resume(tmp_path: Path, capsys: pytest.Ca
     saved = load_checkpoint(out)  # the last complete checkpoint: loads and validates
     state = saved.metadata["training"]["state"]
     assert state["phase"] == "teacher" and state["step"] % SAVE_EVERY == 0, context
-    assert {"rng", "online.net.mlp.0.weight", "target.net.mlp.0.weight"} <= set(saved.state), context
+    assert {"rng", "online.net.trunk.0.weight", "target.net.head.weight"} <= set(saved.state), context
     assert any(name.startswith("optim.") for name in saved.state), context
     # A write cut short leaves at most a hidden temporary file, never a *.safetensors.
     assert [p.name for p in tmp_path.glob("*.safetensors")] == [out.name], context

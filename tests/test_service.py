@@ -2,6 +2,7 @@
 
 import hashlib
 import itertools
+import json
 import math
 import statistics
 from collections.abc import AsyncIterator
@@ -9,9 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from app_client import serve
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
+from ctm_core.checkpoint import METADATA_KEY
 from ctm_core.config import NoiseConfig
 from ctm_core.samplers import SAMPLERS
 from ctm_core.schedules import karras_sigmas
@@ -157,9 +162,11 @@ async def test_trajectory_matches_sample(
     assert sigmas[0] == noise.sigma_max
     assert sigmas[-1] == noise.sigma_min
     assert all(a > b for a, b in itertools.pairwise(sigmas))
-    if sampler in ("multistep", "gamma") and noise.landing is not None:
-        assert sigmas[1] == pytest.approx(noise.landing, rel=1e-12)  # the jump samplers' first landing
-    elif steps > 1:
+    if sampler in ("multistep", "gamma"):
+        # The jump samplers' schedule (`jump_schedule`, default "linear"): evenly spaced levels.
+        evenly = np.linspace(noise.sigma_max, noise.sigma_min, steps + 1)
+        np.testing.assert_allclose(sigmas, evenly, rtol=1e-12, atol=0)
+    elif steps > 1:  # the ODE solvers keep Karras et al.'s eq. 5
         assert sigmas == karras_sigmas(steps + 1, noise.sigma_min, noise.sigma_max, noise.rho).tolist()
     assert len(body["paths"]) == 17
     assert all(len(path) == steps + 1 for path in body["paths"])
@@ -173,8 +180,10 @@ async def test_trajectory_matches_sample(
 async def test_trajectory_quantile_latent(client: httpx.AsyncClient, checkpoint_models: Models) -> None:
     n = 9
     body = await get_json(client, "/trajectory", {"model": "gauss_1D", "n": n, "noise": "quantile"})
-    sigma_max = checkpoint_models["gauss_1D"][0].sigma_max
-    expected = [sigma_max * statistics.NormalDist().inv_cdf((i + 0.5) / n) for i in range(n)]
+    noise = checkpoint_models["gauss_1D"][0]
+    # The prior N(μ, σ_max² + σ_d²) (μ = 0 here): the marginal at σ_max, not the narrow N(0, σ_max²).
+    std = math.sqrt(noise.sigma_max**2 + noise.sigma_data**2)
+    expected = [std * statistics.NormalDist().inv_cdf((i + 0.5) / n) for i in range(n)]
     latent = [path[0] for path in body["paths"]]
     assert latent == pytest.approx(expected, rel=1e-6, abs=1e-6)
 
@@ -200,14 +209,17 @@ async def test_models_list(
             noise.sigma_data,
             noise.rho,
         )
+        assert (info.noise.schedule, info.noise.jump_schedule) == ("karras", "linear")
+        assert info.noise.prior_std == pytest.approx(math.hypot(noise.sigma_max, noise.sigma_data), rel=1e-12)
         assert info.has_teacher is with_teacher
         assert info.samplers == list(SAMPLERS)
         assert info.description == f"test model {info.name}"
         assert info.metrics == {"qW1_onestep": 1.25}
         assert info.training["mode"] == "distill"
         assert info.architecture["network"]["width"] == 16
+        assert info.architecture["network"]["kind"] == "monotone"  # the default network
         assert info.created_at == "2024-01-01T00:00:00+00:00"
-        assert info.format_version == 1
+        assert info.format_version == 2
 
 
 async def test_model_by_name(client: httpx.AsyncClient) -> None:
@@ -380,6 +392,29 @@ async def test_bad_checkpoints_are_skipped(
     assert all("\n" not in r.getMessage() for r in rejected)
     assert "ctm_checkpoints_rejected 3.0" in metrics
     assert "ctm_models_loaded 1.0" in metrics
+
+
+async def test_a_format_1_checkpoint_is_rejected_with_a_call_to_retrain(
+    tmp_path: Path, checkpoint_dir: Path
+) -> None:
+    """Format 1 models were trained and sampled with the narrow prior N(μ, σ_max²): not served."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    good = checkpoint_dir / "two_gmm_1D.safetensors"
+    (folder / "two_gmm_1D.safetensors").write_bytes(good.read_bytes())
+    tensors = load_file(good)
+    with safe_open(good, "pt") as f:
+        metadata = json.loads(f.metadata()[METADATA_KEY])
+    metadata["format_version"] = 1
+    del metadata["prior"]
+    save_file(tensors, folder / "old.safetensors", metadata={METADATA_KEY: json.dumps(metadata)})
+    async with serve(folder) as client:
+        body = await get_json(client, "/models")
+        assert (await client.get("/sample", params={"model": "old"})).status_code == 404
+    assert [m["name"] for m in body["models"]] == ["two_gmm_1D"]
+    reasons = {r["file_name"]: r["reason"] for r in body["rejected"]}
+    assert list(reasons) == ["old.safetensors"]
+    assert "format version 1" in reasons["old.safetensors"] and "Retrain" in reasons["old.safetensors"]
 
 
 async def test_only_bad_checkpoints_is_not_ready(tmp_path: Path) -> None:

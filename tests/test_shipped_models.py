@@ -48,7 +48,7 @@ def test_every_task_has_a_valid_small_current_checkpoint(task: str) -> None:
 
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_one_step_is_within_the_bound_of_the_exact_law_and_never_folds(task: str) -> None:
-    x_T, y = _onestep(task)
+    _, y = _onestep(task)
     assert np.all(np.diff(y) >= 0), f"{int(np.sum(np.diff(y) < 0))} of {N} ordered latents out of order"
     assert quantile_w1(y, get_task(task)) <= 1.5 * ONE_STEP_BOUND[task]
 

@@ -14,13 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 from tiny_training import TINY
 
 from ctm_core.checkpoint import Checkpoint, load_checkpoint
 from ctm_core.data import split_holdout
 from ctm_core.evaluation import DEFAULT_SPECS
+from ctm_core.machine import usable_cpus
+from ctm_core.network import CTMNetwork, MonotoneNetwork
 from ctm_core.tasks import get_task
 from ctm_core.train import build_parser, main
+from service.api.routes.likelihood import model_log_prob
+from service.registry import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORT = ["--teacher-steps", "60", "--ctm-steps", "40", *TINY]
@@ -121,7 +126,13 @@ def test_holdout_leaving_too_little_to_train(tmp_path: Path, capsys: pytest.Capt
         ("teacher=5", "invalid setting teacher"),
         ("network.width", "--set expects KEY=VALUE"),
         ('network.init="xavier"', "invalid setting network.init"),
-        ("noise.landing_ratio=-1", "invalid setting noise.landing_ratio"),
+        # The landing level is gone (the jump samplers follow noise.jump_schedule): an unknown field.
+        ("noise.landing_ratio=0.013", "unknown field 'noise.landing_ratio'"),
+        ('noise.jump_schedule="cosine"', "invalid setting noise.jump_schedule"),
+        ('network.kind="resnet"', "invalid setting network.kind"),
+        ("network.units=0", "invalid setting network.units"),
+        ("ctm.end_weight=-1", "invalid setting ctm.end_weight"),
+        ("ctm.pool_substeps=0", "invalid setting ctm.pool_substeps"),
     ],
 )
 def test_bad_set(capsys: pytest.CaptureFixture[str], setting: str, expected: str) -> None:
@@ -208,6 +219,11 @@ def test_tiny_run_writes_a_complete_checkpoint(finished_runs: list[Path]) -> Non
     assert training["teacher"]["steps"] == 60 and training["ctm"]["steps"] == 40
     assert training["teacher"]["batch_size"] == training["ctm"]["batch_size"] == 64
     assert training["network"]["width"] == 16 and training["ctm"]["grid_points"] == 12
+    assert training["network"]["kind"] == "monotone" and training["network"]["units"] == 16
+    # The prior recorded is the marginal at σ_max: N(μ, σ_max² + σ_d²).
+    prior = meta["prior"]
+    assert prior["distribution"] == "normal"
+    assert prior["std"] == pytest.approx(math.hypot(meta["noise"]["sigma_max"], task.std), rel=1e-9)
     assert training["state"] == {"phase": "done", "step": 40}
     # σ_data was measured from the task and is what the model was built with.
     assert meta["noise"]["sigma_data"] == pytest.approx(task.std)
@@ -217,11 +233,15 @@ def test_tiny_run_writes_a_complete_checkpoint(finished_runs: list[Path]) -> Non
 
     rows = meta["metrics"]["rows"]
     assert [r["label"] for r in rows] == [spec.label for spec in DEFAULT_SPECS]
-    assert [r["nfe"] for r in rows] == [1, 2, 4, 4, 35, 35, 35]
+    # Heun's n steps cost 2n − 1 evaluations; the exact flow (a closed-form map) costs none.
+    assert [r["nfe"] for r in rows] == [1, 2, 4, 4, 35, 35, 511, 0]
     for row in rows:
         assert all(math.isfinite(row[k]) and row[k] >= 0 for k in ("qW1", "W1", "KS"))
     exact = rows[-1]
-    assert exact["label"] == "exact heun 18" and exact["qW1"] < 0.02
+    assert exact["label"] == "exact flow (the limit)"
+    # Quantile latents mapped by the exact flow land on the task's own quantiles, up to the blur of
+    # σ_min = 0.002 (a shift of order σ_min²·score, ~3e-5 here): far below any trained model's qW1.
+    assert exact["qW1"] < 2e-4
 
 
 def test_same_seed_same_checkpoint(finished_runs: list[Path]) -> None:
@@ -249,7 +269,7 @@ def test_another_seed_gives_other_weights(tmp_path: Path, finished_runs: list[Pa
     assert main([*SHORT, "--eval-n", "0", "--seed", "1", "--out", str(out)]) == 0
     a, b = load_checkpoint(finished_runs[0]), load_checkpoint(out)
     assert not torch.equal(
-        a.student.state_dict()["net.mlp.0.weight"], b.student.state_dict()["net.mlp.0.weight"]
+        a.student.state_dict()["net.trunk.0.weight"], b.student.state_dict()["net.trunk.0.weight"]
     )
     assert b.metadata["metrics"] == {"rows": []}  # --eval-n 0 skips the table
 
@@ -271,7 +291,9 @@ def test_user_data_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     out = tmp_path / "mydata.safetensors"
     argv = ["--data", str(path), "--holdout", "0.25", "--eval-n", "500", "--out", str(out), *SHORT]
     assert main(argv) == 0
-    assert "W1 hold" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "W1 hold" in printed
+    assert "(onestep density)" in printed  # a monotone model: the one-step sampler's own density
 
     meta = load_checkpoint(out).metadata
     task = meta["task"]
@@ -280,8 +302,18 @@ def test_user_data_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert task["statistics"]["n"] == 400
     assert task["statistics"]["mean"] == pytest.approx(float(np.round(values, 6).mean()), abs=1e-9)
     assert meta["training"]["data"] == str(path) and meta["training"]["task"] is None
-    train, _ = split_holdout(np.round(values, 6), 0.25, 0)
+    train, holdout = split_holdout(np.round(values, 6), 0.25, 0)
     assert meta["noise"]["sigma_data"] == pytest.approx(float(train.std()), rel=1e-9)
+
+    # The held-out likelihood is the density the service answers by default: /logprob's onestep.
+    likelihood = meta["metrics"]["heldout_log_likelihood"]
+    assert likelihood["density"] == "onestep"
+    served = model_log_prob(load_model(out, torch.device("cpu")), holdout.tolist(), "onestep")
+    assert np.isfinite(served).all()
+    assert likelihood["model"] == pytest.approx(float(served.mean()), rel=1e-6, abs=1e-6)
+    # And the baseline: a Scott's-rule Gaussian KDE of the training split, by scipy.
+    kde = stats.gaussian_kde(train, bw_method="scott")
+    assert likelihood["kde"] == pytest.approx(float(kde.logpdf(holdout).mean()), rel=1e-9)
 
     rows = meta["metrics"]["rows"]
     assert [r["label"] for r in rows] == [s.label for s in DEFAULT_SPECS if s.network != "exact"]
@@ -400,21 +432,29 @@ def test_sigint_saves_and_explains_how_to_resume(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no temporary left behind
 
 
-def test_init_and_landing_settings_reach_the_checkpoint(tmp_path: Path) -> None:
-    out = tmp_path / "he.safetensors"
-    argv = [
-        *SHORT,
-        "--eval-n",
-        "0",
-        "--out",
-        str(out),
-        "--set",
-        'network.init="he"',
-        "--set",
-        "noise.landing_ratio=null",
-    ]
+def test_defaults_reach_the_checkpoint(finished_runs: list[Path]) -> None:
+    ckpt = load_checkpoint(finished_runs[0])
+    network = ckpt.metadata["architecture"]["network"]
+    assert (network["kind"], network["init"]) == ("monotone", "he")
+    assert isinstance(ckpt.student.net, MonotoneNetwork)
+    # The jump samplers' schedule is linear, the ODE solvers' Karras (no landing level any more).
+    assert (ckpt.noise.jump_schedule, ckpt.noise.schedule) == ("linear", "karras")
+    assert "landing" not in ckpt.noise.sampling_kwargs()
+
+
+def test_init_kind_and_schedule_settings_reach_the_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "mlp.safetensors"
+    argv = [*SHORT, "--eval-n", "0", "--out", str(out)]
+    argv += ["--set", 'network.init="pytorch"', "--set", 'network.kind="mlp"']
+    argv += ["--set", 'noise.jump_schedule="karras"']
     assert main(argv) == 0
     ckpt = load_checkpoint(out)
-    assert ckpt.metadata["architecture"]["network"]["init"] == "he"
-    assert ckpt.noise.landing_ratio is None and ckpt.noise.landing is None
-    assert ckpt.noise.sampling_kwargs()["landing"] is None
+    network = ckpt.metadata["architecture"]["network"]
+    assert (network["kind"], network["init"]) == ("mlp", "pytorch")
+    assert isinstance(ckpt.student.net, CTMNetwork) and isinstance(ckpt.teacher.net, CTMNetwork)
+    assert ckpt.noise.jump_schedule == "karras"
+    assert ckpt.noise.sampling_kwargs()["jump_schedule"] == "karras"
+
+
+def test_threads_default_to_two_at_most() -> None:
+    assert build_parser().parse_args([]).threads == min(2, usable_cpus())
