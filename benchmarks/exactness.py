@@ -30,7 +30,7 @@ import torch
 from ctm_core.checkpoint import load_checkpoint
 from ctm_core.config import NoiseConfig
 from ctm_core.exact import exact_flow, exact_path
-from ctm_core.likelihood import log_prob, onestep_log_prob
+from ctm_core.likelihood import ode_log_prob, onestep_log_prob
 from ctm_core.metrics import quantile_w1
 from ctm_core.parametrization import CTMParametrization
 from ctm_core.samplers import SAMPLERS, latent, sampling_sigmas
@@ -97,16 +97,7 @@ def measure(
     x = task.sample(kl_n, torch.Generator().manual_seed(12345))
     true = task.log_prob(x.double().numpy())
     row["kl_onestep"] = float(np.mean(true - onestep_log_prob(student, x, noise).numpy()))
-    ode = log_prob(
-        student,
-        x,
-        noise.sigma_min,
-        noise.sigma_max,
-        rho=noise.rho,
-        data_mean=noise.data_mean or 0.0,
-        prior_std=noise.prior_std,
-    )
-    row["kl_ode"] = float(np.mean(true - ode.numpy()))
+    row["kl_ode"] = float(np.mean(true - ode_log_prob(student, x, noise).numpy()))
     return row
 
 

@@ -20,7 +20,7 @@ import torch
 
 from ctm_core.checkpoint import CheckpointError, load_checkpoint
 from ctm_core.evaluation import ExactDenoiser
-from ctm_core.likelihood import log_prob
+from ctm_core.likelihood import ode_log_prob
 from ctm_core.tasks import TASKS, get_task
 
 
@@ -33,15 +33,9 @@ def kl_row(path: Path, n: int, seed: int, steps: int) -> dict[str, float | str] 
     task = get_task(name)
     x = task.sample(n, torch.Generator().manual_seed(seed))
     noise = ckpt.noise
-    kwargs = {
-        "rho": noise.rho,
-        "steps": steps,
-        "data_mean": noise.data_mean or 0.0,
-        "prior_std": noise.prior_std,
-    }
     true = task.log_prob(x.double().numpy())
     started = time.perf_counter()
-    model = log_prob(ckpt.student, x, noise.sigma_min, noise.sigma_max, **kwargs).numpy()
+    model = ode_log_prob(ckpt.student, x, noise, steps).numpy()
     seconds = time.perf_counter() - started
     row: dict[str, float | str] = {
         "task": name,
@@ -50,7 +44,7 @@ def kl_row(path: Path, n: int, seed: int, steps: int) -> dict[str, float | str] 
     }
     # The closed-form denoiser of a Gaussian mixture is differentiable; the quadrature ones are not.
     if task.kind == "gaussian_mixture":
-        exact = log_prob(ExactDenoiser(task), x.double(), noise.sigma_min, noise.sigma_max, **kwargs).numpy()
+        exact = ode_log_prob(ExactDenoiser(task), x.double(), noise, steps).numpy()
         row["KL(true‖exact-ODE)"] = float(np.mean(true - exact))
         row["max|exact-ODE − true|"] = float(np.max(np.abs(exact - true)))
     return row

@@ -73,6 +73,20 @@ def log_prob(
     return prior(x.double()) + integral
 
 
+def ode_log_prob(model: Denoiser, x: torch.Tensor, noise: NoiseConfig, steps: int = 64) -> torch.Tensor:
+    """`log_prob` of a model trained with `noise`: its σ range, Karras ρ, data mean and prior."""
+    return log_prob(
+        model,
+        x,
+        noise.sigma_min,
+        noise.sigma_max,
+        steps=steps,
+        rho=noise.rho,
+        data_mean=noise.data_mean or 0.0,
+        prior_std=noise.prior_std,
+    )
+
+
 # Half-width of the inversion's bracket in prior standard deviations: the prior's density there
 # (e^-800) is below float64's range, so no point of positive density lies beyond it.
 _BRACKET_STDS = 40.0

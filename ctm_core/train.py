@@ -42,7 +42,7 @@ from ctm_core.distributed import (
     resolve_backend,
 )
 from ctm_core.evaluation import evaluate, format_table
-from ctm_core.likelihood import log_prob, onestep_log_prob
+from ctm_core.likelihood import ode_log_prob, onestep_log_prob
 from ctm_core.machine import usable_cpus
 from ctm_core.network import MonotoneNetwork
 from ctm_core.parametrization import CTMParametrization
@@ -577,16 +577,7 @@ def heldout_log_likelihood(
     if isinstance(model.net, MonotoneNetwork):
         density, logp = "onestep", onestep_log_prob(model, points, noise)
     else:
-        density = "ode"
-        logp = log_prob(
-            model,
-            points,
-            noise.sigma_min,
-            noise.sigma_max,
-            rho=noise.rho,
-            data_mean=noise.data_mean or 0.0,
-            prior_std=noise.prior_std,
-        )
+        density, logp = "ode", ode_log_prob(model, points, noise)
     if kde is None:
         kde = stats.gaussian_kde(task.values, bw_method="scott")
     return {"model": float(logp.mean()), "kde": float(kde.logpdf(holdout).mean()), "density": density}

@@ -17,7 +17,7 @@ import torch
 from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import BaseModel, Field
 
-from ctm_core.likelihood import log_prob, onestep_log_prob
+from ctm_core.likelihood import ode_log_prob, onestep_log_prob
 from ctm_core.network import MonotoneNetwork
 from service.api.deps import EngineDep, RegistryDep, SettingsDep, lookup_model, unprocessable
 from service.api.responses import json_response
@@ -75,16 +75,7 @@ def model_log_prob(model: LoadedModel, x: list[float], density: DensityName = "o
     points = torch.tensor(x, dtype=torch.float32, device=next(network.parameters()).device)
     if density == "onestep":
         return onestep_log_prob(network, points, noise).cpu().numpy()
-    values = log_prob(
-        network,
-        points,
-        noise.sigma_min,
-        noise.sigma_max,
-        rho=noise.rho,
-        data_mean=noise.data_mean or 0.0,
-        prior_std=noise.prior_std,
-    )
-    return values.cpu().numpy()
+    return ode_log_prob(network, points, noise).cpu().numpy()
 
 
 def check_density(model: LoadedModel, density: DensityName) -> None:
