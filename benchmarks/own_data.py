@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out-dir", type=Path, help="keep the CSVs and checkpoints here (default: temporary)"
     )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per training run")
     args = parser.parse_args(argv)
     folder = args.out_dir or Path(tempfile.mkdtemp(prefix="ctm-own-data-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -60,7 +61,16 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             out = folder / f"{name}_seed{seed}.safetensors"
             command = [sys.executable, "-m", "ctm_core.train", "--data", str(csv), "--seed", str(seed)]
-            command += ["--out", str(out), "--overwrite", "--no-progress", "--eval-n", "0", "--threads", "2"]
+            command += [
+                "--out",
+                str(out),
+                "--overwrite",
+                "--no-progress",
+                "--eval-n",
+                "0",
+                "--threads",
+                str(args.threads),
+            ]
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
             held = load_checkpoint(out).metadata["metrics"]["heldout_log_likelihood"]
             rows.append((name, seed, held["model"], held["kde"], held.get("density", "ode")))

@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=min(2, usable_cpus()),
-        help="torch CPU threads (2 trained the default network 1.5× faster than 1 on this 2-core machine)",
+        help="torch CPU threads: 2 trained the default network 1.5× faster than 1 on an idle 2-core "
+        "machine, but 10× slower than 1 while other processes kept both cores busy",
     )
     run.add_argument(
         "--amp",
