@@ -68,14 +68,14 @@ class MonotoneCoefficients:
 
     amplitude: torch.Tensor  # a_k ≥ 0
     slope: torch.Tensor  # w_k > 0
-    offset: torch.Tensor  # c_k
+    centre: torch.Tensor  # m_k
     bias: torch.Tensor  # b
     linear: torch.Tensor  # l ≥ 0
     gate: torch.Tensor  # ρ ∈ (0, 1)
 
 
 class MonotoneNetwork(nn.Module):
-    """F(x_in; t, s) = b + l·x_in + Σ_k a_k·tanh(w_k·x_in + c_k), non-decreasing in x_in.
+    """F(x_in; t, s) = b + l·x_in + Σ_k a_k·tanh(w_k·(x_in − m_k)), non-decreasing in x_in.
 
     A conditioner MLP on the embeddings of c_noise(t) and c_noise(s) gives every coefficient,
     with a_k > 0 and w_k > 0 (exp) and l ≥ 0 (softplus), so F is a monotone function of x for every
@@ -120,8 +120,8 @@ class MonotoneNetwork(nn.Module):
             amplitude=out[:, :k].clamp(max=_MAX_LOG_SCALE).exp(),
             slope=slope,
             # Each unit is learned by its centre m_k, so that a steep unit moves as easily as a
-            # gentle one: c_k = −w_k·m_k (with c_k itself learned, steep units barely moved).
-            offset=-slope * out[:, 2 * k : 3 * k],
+            # gentle one (with an offset c_k = −w_k·m_k learned instead, steep units barely moved).
+            centre=out[:, 2 * k : 3 * k],
             bias=out[:, 3 * k],
             linear=F.softplus(out[:, 3 * k + 1]),
             gate=torch.sigmoid(out[:, 3 * k + 2]),
@@ -136,8 +136,11 @@ class MonotoneNetwork(nn.Module):
 
 
 def monotone_sum(x_in: torch.Tensor, co: MonotoneCoefficients) -> torch.Tensor:
-    """b + l·x_in + Σ_k a_k·tanh(w_k·x_in + c_k) for x_in (B,) and coefficients of B rows (or 1 row)."""
-    units = torch.tanh(x_in[:, None] * co.slope + co.offset)
+    """b + l·x_in + Σ_k a_k·tanh(w_k·(x_in − m_k)) for x_in (B,) and coefficients of B rows (or 1 row).
+
+    The difference comes first: it is exact near a steep unit's centre, where w_k·x_in + c_k
+    would cancel two large terms."""
+    units = torch.tanh((x_in[:, None] - co.centre) * co.slope)
     return co.bias + co.linear * x_in + (units * co.amplitude).sum(dim=1)
 
 

@@ -257,14 +257,14 @@ class FoldedCTM:
 
 @dataclass(frozen=True)
 class _MonotoneFold:
-    """g(x, t, s) = a·x + b + c·Σ_k amplitude_k·tanh(slope_k·c_in·(x − μ) + offset_k) at one (t, s)."""
+    """g(x, t, s) = a·x + b + c·Σ_k amplitude_k·tanh(slope_k·(c_in·(x − μ) − centre_k)) at one (t, s)."""
 
     a: float
     b: float
     c: float
     c_in: float
     slope: torch.Tensor  # (K,)
-    offset: torch.Tensor  # (K,)
+    centre: torch.Tensor  # (K,)
     amplitude: torch.Tensor  # (K,)
 
 
@@ -306,16 +306,16 @@ class FoldedMonotone:
 
     @torch.inference_mode()
     def _units(self, x: torch.Tensor, fold: _MonotoneFold, a: float, b: float, c: float) -> torch.Tensor:
-        """a·x + b + c·Σ_k amplitude_k·tanh(slope_k·c_in·(x − μ) + offset_k), block by block."""
+        """a·x + b + c·Σ_k amplitude_k·tanh(slope_k·(c_in·(x − μ) − centre_k)), block by block."""
 
         def block(xb: torch.Tensor, f: torch.Tensor) -> None:
             x_in = (xb - self.data_mean).mul_(fold.c_in)  # as the eager model rounds it
             if self.device.type == "cpu":
                 h = _work_arrays(xb.shape[0], self.units)[0]
-                torch.outer(x_in, fold.slope, out=h)
+                torch.sub(x_in[:, None], fold.centre, out=h)
             else:  # the GPU's caching allocator serves fresh arrays
-                h = torch.outer(x_in, fold.slope)
-            h.add_(fold.offset).tanh_()
+                h = x_in[:, None] - fold.centre
+            h.mul_(fold.slope).tanh_()  # the eager model's order: (x_in − m)·w
             # A matrix-vector product on an aligned row count: the same rounding for a row
             # wherever it sits (see the module's docstring), as the MLP's last layer.
             torch.mv(h, fold.amplitude, out=f)
@@ -342,7 +342,7 @@ class FoldedMonotone:
                     c=c_out_,
                     c_in=c_in_,
                     slope=co.slope[0].contiguous(),
-                    offset=co.offset[0].contiguous(),
+                    centre=co.centre[0].contiguous(),
                     amplitude=co.amplitude[0].contiguous(),
                 )
 

@@ -131,21 +131,21 @@ def test_mlp_forward_is_f_and_no_gate() -> None:
 
 @pytest.mark.parametrize("data_mean", [0.0, 0.7])
 def test_monotone_g_is_the_gated_parametrisation_of_the_tanh_sum(data_mean: float) -> None:
-    """g = μ + c_skip·(1 − ρ)·(x − μ) + c_out·F(c_in·(x − μ)), F = b + l·x + Σ_k a_k·tanh(w_k·x + c_k),
+    """g = μ + c_skip·(1 − ρ)·(x − μ) + c_out·F(c_in·(x − μ)), F = b + l·x + Σ_k a_k·tanh(w_k·(x − m_k)),
     recomputed here in float64 from the conditioner's coefficients and EDM's closed-form scalings."""
     model, sigma_data = _perturbed(3, data_mean), 0.5
     x = data_mean + 3 * torch.randn(40, generator=torch.Generator().manual_seed(0))
     for t_value, s_value in [(10.0, 0.002), (2.0, 0.5), (0.3, 0.3)]:
         t, s = torch.tensor(t_value), torch.tensor(s_value)
         co = model.net.coefficients(c_noise(t).reshape(1), c_noise(s).reshape(1))
-        a, w, c = co.amplitude[0].double(), co.slope[0].double(), co.offset[0].double()
+        a, w, c = co.amplitude[0].double(), co.slope[0].double(), co.centre[0].double()
         b, lin, rho = float(co.bias[0]), float(co.linear[0]), float(co.gate[0])
         assert (a >= 0).all() and (w > 0).all() and lin >= 0 and 0 < rho < 1
         var = t_value**2 + sigma_data**2
         c_skip, c_out, c_in = sigma_data**2 / var, t_value * sigma_data / math.sqrt(var), 1 / math.sqrt(var)
         centred = x.double() - data_mean
         z = c_in * centred
-        f = b + lin * z + sum(a[k] * torch.tanh(w[k] * z + c[k]) for k in range(a.numel()))
+        f = b + lin * z + sum(a[k] * torch.tanh(w[k] * (z - c[k])) for k in range(a.numel()))
         expected = data_mean + c_skip * (1 - rho) * centred + c_out * f
         torch.testing.assert_close(model.g(x, t, s).double(), expected, rtol=1e-5, atol=1e-5)
 
