@@ -12,7 +12,7 @@ from ctm_core.checkpoint import build_model
 from ctm_core.config import NetworkConfig
 from ctm_core.network import MonotoneNetwork
 from ctm_core.parametrization import CTMParametrization
-from service.runtime import BLOCK_ROWS, ROWS, FoldedMonotone, Runtimes, batch_invariant
+from service.runtime import ROWS, FoldedMonotone, Runtimes
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 # Noise levels from σ_min to σ_max, each with targets from σ_min to itself (s = t included).
@@ -91,29 +91,6 @@ def test_non_decreasing_in_x(model: CTMParametrization) -> None:
             assert (runtime.jump(x, t, s).diff() >= 0).all(), (float(t), float(s))
         for t in TIMES:
             assert (runtime.denoise(x, t).diff() >= 0).all(), float(t)
-
-
-def test_a_row_does_not_depend_on_the_rows_beside_it(model: CTMParametrization, threads: int) -> None:
-    runtime = FoldedMonotone(model)
-    x = 4 * torch.randn(3 * BLOCK_ROWS + 77, generator=torch.Generator().manual_seed(1))
-    t, s = torch.tensor(20.0), torch.tensor(0.01)
-    whole, whole_denoised = runtime.jump(x, t, s), runtime.denoise(x, t)
-    for start, rows in [
-        (0, 1),
-        (3, 2),
-        (7, 3),
-        (11, 13),
-        (100, 600),
-        (100, 1000),
-        (2000, 2 * BLOCK_ROWS + 5),
-    ]:
-        part = x[start : start + rows].clone()
-        assert torch.equal(runtime.jump(part, t, s), whole[start : start + rows]), (start, rows)
-        assert torch.equal(runtime.denoise(part, t), whole_denoised[start : start + rows]), (start, rows)
-    assert batch_invariant(runtime)
-    ROWS.configure(1)
-    torch.set_num_threads(1)
-    assert torch.equal(runtime.jump(x, t, s), whole)
 
 
 @pytest.mark.parametrize("intra_op_threads", [3, 5])

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_monotone_runtime import randomised_model
 from torch import nn
 
 import service.runtime
@@ -13,7 +14,16 @@ from ctm_core.checkpoint import build_model
 from ctm_core.config import NetworkConfig
 from ctm_core.machine import usable_cpus
 from ctm_core.parametrization import CTMParametrization
-from service.runtime import BLOCK_ROWS, ROW_ALIGN, ROWS, FoldedCTM, Runtimes, aligned, batch_invariant
+from service.runtime import (
+    BLOCK_ROWS,
+    ROW_ALIGN,
+    ROWS,
+    FoldedCTM,
+    Runtimes,
+    aligned,
+    batch_invariant,
+    folded_runtime,
+)
 
 LEVELS = [(80.0, 0.002), (10.0, 0.5), (1.0, 0.999), (0.3, 0.3), (0.002, 0.002)]
 
@@ -72,10 +82,13 @@ def test_jump_to_the_same_time_is_the_identity(model: CTMParametrization) -> Non
         assert torch.equal(FoldedCTM(model).jump(x, torch.tensor(t), torch.tensor(t)), x)
 
 
-def test_a_row_does_not_depend_on_the_rows_beside_it(model: CTMParametrization, threads: int) -> None:
+@pytest.mark.parametrize("kind", ["mlp", "monotone"])
+def test_a_row_does_not_depend_on_the_rows_beside_it(
+    model: CTMParametrization, threads: int, kind: str
+) -> None:
     # Bit-identical alone and amid others, across blocks, at unaligned sizes and offsets, and the
-    # same on any number of threads.
-    runtime = FoldedCTM(model)
+    # same on any number of threads, for both served runtimes.
+    runtime = folded_runtime(model if kind == "mlp" else randomised_model(0))
     x = 4 * torch.randn(3 * BLOCK_ROWS + 77, generator=torch.Generator().manual_seed(1))
     t, s = torch.tensor(20.0), torch.tensor(0.01)
     whole, whole_denoised = runtime.jump(x, t, s), runtime.denoise(x, t)
