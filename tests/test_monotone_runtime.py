@@ -3,7 +3,6 @@ keeps its guarantees (G(x, t, t) = x, non-decreasing in x), and a row's value ig
 
 import os
 import time
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -38,17 +37,6 @@ def randomised_model(seed: int) -> CTMParametrization:
 @pytest.fixture
 def model() -> CTMParametrization:
     return randomised_model(0)
-
-
-@pytest.fixture(params=[1, 2, 3], ids=["1-thread", "2-threads", "3-threads"])
-def threads(request: pytest.FixtureRequest) -> Iterator[int]:
-    """The runtime's row threads (and PyTorch's intra-op threads here)."""
-    previous, previous_rows = torch.get_num_threads(), ROWS.threads
-    torch.set_num_threads(request.param)
-    ROWS.configure(request.param)
-    yield request.param
-    torch.set_num_threads(previous)
-    ROWS.configure(previous_rows)
 
 
 def assert_matches(folded: torch.Tensor, eager: torch.Tensor, x: torch.Tensor) -> None:
