@@ -33,6 +33,7 @@ from ctm_core.exact import exact_flow, exact_path
 from ctm_core.likelihood import ode_log_prob, onestep_log_prob
 from ctm_core.metrics import quantile_w1
 from ctm_core.parametrization import CTMParametrization
+from ctm_core.recipe import train_model
 from ctm_core.samplers import SAMPLERS, latent, sampling_sigmas
 from ctm_core.tasks import TASKS, Task, get_task
 
@@ -139,14 +140,6 @@ def _cell(key: str, value: float | None) -> str:
     return "–" if value is None else _fmt(key, value)
 
 
-def train_one(task_name: str, seed: int, out: Path) -> Path:
-    """Train the default recipe on a task with a seed, through the trainer's library entry."""
-    from ctm_core.recipe import train_model
-
-    train_model(task=task_name, seed=seed, out=out, progress=False)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.exactness",
@@ -185,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, (name, seed, path) in enumerate(jobs, 1):
         if args.train and not path.exists():
             t0 = time.perf_counter()
-            train_one(name, seed, path)
+            train_model(name, path, seed=seed, progress=False)
             print(
                 f"[{i}/{len(jobs)}] trained {name} seed {seed} in {time.perf_counter() - t0:.0f} s",
                 flush=True,

@@ -26,6 +26,7 @@ from ctm_core.config import NoiseConfig
 from ctm_core.evaluation import EvalSpec, evaluate
 from ctm_core.machine import cpu_name, usable_cpus
 from ctm_core.parametrization import CTMParametrization
+from ctm_core.recipe import noise_for
 from ctm_core.samplers import nfe_of
 from ctm_core.tasks import TASKS, Task, get_task
 from ctm_core.trainer import Trainer
@@ -185,7 +186,7 @@ def retrain(task_name: str, mode: str, overrides: list[str], threads: int) -> Mo
     except train_cli.UsageError as exc:
         raise UsageError(str(exc)) from None
     task, _, _ = train_cli.load_task(config)
-    config = train_cli.noise_for(config, task)
+    config = noise_for(config, task)
     trainer = Trainer(config, task.sample, train_cli.resolve_device(config.device), progress=False)
     started = time.perf_counter()
     trainer.run()

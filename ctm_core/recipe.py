@@ -6,14 +6,36 @@ benchmarks and notebooks that train the default recipe on a built-in task call `
 
 import time
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
 from ctm_core.checkpoint import checkpoint_metadata, save_checkpoint
 from ctm_core.config import TrainConfig, default_config
 from ctm_core.tasks import get_task
-from ctm_core.train import noise_for
 from ctm_core.trainer import Trainer
+
+
+class Moments(Protocol):
+    """What `noise_for` reads of the training data: a task, or the CLI's TrainingData."""
+
+    mean: float
+    std: float
+
+
+def noise_for(config: TrainConfig, data: Moments) -> TrainConfig:
+    """Fill in σ_data and the data's mean from the data, and widen σ_max for widely spread data."""
+    noise = config.noise
+    update: dict[str, Any] = {}
+    if noise.sigma_data is None:
+        update["sigma_data"] = max(data.std, 1e-3)
+    if noise.data_mean is None:
+        update["data_mean"] = data.mean
+    reach = 3 * data.std
+    if config.data is not None and reach > noise.sigma_max / 2:
+        # σ_max must dwarf the data's spread, or the prior is not close to the marginal at σ_max.
+        update["sigma_max"] = 2 * reach
+    return config.model_copy(update={"noise": noise.model_copy(update=update)}) if update else config
 
 
 def train_model(

@@ -46,6 +46,7 @@ from ctm_core.likelihood import ode_log_prob, onestep_log_prob
 from ctm_core.machine import usable_cpus
 from ctm_core.network import MonotoneNetwork
 from ctm_core.parametrization import CTMParametrization
+from ctm_core.recipe import noise_for
 from ctm_core.shards import EVAL_HOLDOUT_VALUES, EVAL_TRAIN_VALUES, MappedData, shard
 from ctm_core.tasks import TASKS, EmpiricalTask, Task, get_task
 from ctm_core.trainer import Trainer
@@ -332,21 +333,6 @@ def load_training_data(config: TrainConfig, group: Group, mmap: str = "auto") ->
         "holdout_values_evaluated": int(holdout.size) if holdout is not None else None,
     }
     return TrainingData(data.sample, mean, std, task, holdout, info, kde)
-
-
-def noise_for(config: TrainConfig, task: Task | TrainingData) -> TrainConfig:
-    """Fill in σ_data and the data's mean from the data, and widen σ_max for widely spread data."""
-    noise = config.noise
-    update: dict[str, Any] = {}
-    if noise.sigma_data is None:
-        update["sigma_data"] = max(task.std, 1e-3)
-    if noise.data_mean is None:
-        update["data_mean"] = task.mean
-    reach = 3 * task.std
-    if config.data is not None and reach > noise.sigma_max / 2:
-        # σ_max must dwarf the data's spread, or x_T = σ_max·z is not close to the marginal.
-        update["sigma_max"] = 2 * reach
-    return config.model_copy(update={"noise": noise.model_copy(update=update)}) if update else config
 
 
 @dataclass(frozen=True)
