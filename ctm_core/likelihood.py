@@ -19,6 +19,13 @@ from ctm_core.schedules import karras_sigmas
 
 Prior = Callable[[torch.Tensor], torch.Tensor]
 
+# Runge–Kutta 4 steps of the served PF-ODE density: 3e-5 nats from the exact Gaussian density
+# (docs/RESULTS.md, "Exact likelihood").
+ODE_STEPS = 64
+# Bisection halvings of the one-step density's inversion: 80 prior stds halved 48 times is far
+# below float32's resolution.
+ONESTEP_ITERATIONS = 48
+
 
 def gaussian_log_prob(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     """log N(x; mean, std²), elementwise."""
@@ -42,7 +49,7 @@ def log_prob(
     x: torch.Tensor,
     sigma_min: float,
     sigma_max: float,
-    steps: int = 64,
+    steps: int = ODE_STEPS,
     rho: float = 7.0,
     prior: Prior | None = None,
     data_mean: float = 0.0,
@@ -73,7 +80,20 @@ def log_prob(
     return prior(x.double()) + integral
 
 
-def ode_log_prob(model: Denoiser, x: torch.Tensor, noise: NoiseConfig, steps: int = 64) -> torch.Tensor:
+def ode_evaluations(steps: int = ODE_STEPS) -> int:
+    """Network evaluations per point of `log_prob` with `steps` steps (each with its derivative)."""
+    return 4 * steps
+
+
+def onestep_evaluations(iterations: int = ONESTEP_ITERATIONS) -> int:
+    """Network evaluations per point of `onestep_log_prob`: the bracket's two ends, the halvings and
+    the slope."""
+    return iterations + 3
+
+
+def ode_log_prob(
+    model: Denoiser, x: torch.Tensor, noise: NoiseConfig, steps: int = ODE_STEPS
+) -> torch.Tensor:
     """`log_prob` of a model trained with `noise`: its σ range, Karras ρ, data mean and prior."""
     return log_prob(
         model,
@@ -93,7 +113,7 @@ _BRACKET_STDS = 40.0
 
 
 def onestep_log_prob(
-    model: Jumper, y: torch.Tensor, noise: NoiseConfig, iterations: int = 48
+    model: Jumper, y: torch.Tensor, noise: NoiseConfig, iterations: int = ONESTEP_ITERATIONS
 ) -> torch.Tensor:
     """log p(y) of the one-step sampler's own law, shape (n,) → (n,), float64 (docs/CTM.md).
 

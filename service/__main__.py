@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ctm-serve",
         description="Serve CTM checkpoints (every *.safetensors in the checkpoint directory) over HTTP. "
         "Each flag overrides its CTM_* environment variable; the request limits "
-        "(CTM_MAX_N, CTM_MAX_STEPS, CTM_MAX_TRAJECTORY_VALUES), threads and batching "
+        "(CTM_MAX_N, CTM_MAX_STEPS, CTM_MAX_TRAJECTORY_VALUES, CTM_MAX_WORK, CTM_MAX_BODY_BYTES, "
+        "CTM_MAX_URL_BYTES, CTM_MAX_HEADER_BYTES), threads and batching "
         "(CTM_INFERENCE_THREADS, CTM_TORCH_THREADS, CTM_BATCH_MAX_ROWS), time limit and hot reload "
         "(CTM_REQUEST_TIMEOUT_S, CTM_RELOAD_POLL_S) and access (CTM_API_KEY, CTM_ADMIN_TOKEN, "
         "CTM_CORS_ORIGINS) are set through the environment.",
@@ -62,8 +63,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from service.lifecycle import exit_zero_after_sigterm
+    from service.limits import parser_buffer_bytes
 
-    common = {"host": settings.host, "port": settings.port, "log_level": settings.log_level}
+    common = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        # h11 (not httptools, when installed): it bounds the bytes it buffers before the app sees a
+        # request, so an endless header cannot grow the process (service.limits).
+        "http": "h11",
+        "h11_max_incomplete_event_size": parser_buffer_bytes(settings),
+    }
     if settings.request_timeout_s:
         # On SIGTERM in-flight requests finish; none outlives its time limit, so neither does the stop.
         common["timeout_graceful_shutdown"] = math.ceil(settings.request_timeout_s) + 5

@@ -9,15 +9,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
-from fastapi import FastAPI, Request, status
+from fastapi import FastAPI, Request, Response, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from ctm_core import __version__
+from service.api.responses import dumps
 from service.api.routes import admin, explorer, health, likelihood, metrics, models, reference, sampling
 from service.config import Settings
 from service.inference import InferenceEngine, resolve_device, torch_threads_for
 from service.lifecycle import RequestTimeoutMiddleware, checkpoint_poller, document_responses
+from service.limits import RequestSizeMiddleware
 from service.registry import ModelRegistry
 from service.security import APIKeyMiddleware, cors_options
 from service.telemetry import MetricsMiddleware, Telemetry, configure_logging
@@ -74,6 +78,14 @@ async def unhandled_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+    """FastAPI's 422 list of errors, encoded so that a non-finite number echoed from a JSON body
+    (1e999 parses as inf) becomes null instead of failing the encoder."""
+    errors = jsonable_encoder(exc.errors(), custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")})
+    body = dumps({"detail": errors})
+    return Response(body, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, media_type="application/json")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app with its own registry, metrics and settings (default: from the environment)."""
     settings = settings or Settings()
@@ -83,15 +95,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
-        exception_handlers={Exception: unhandled_error},
+        exception_handlers={Exception: unhandled_error, RequestValidationError: invalid_request},
     )
     app.state.settings = settings
     app.state.registry = ModelRegistry()
     app.state.telemetry = Telemetry()
-    # Outermost last: CORS (answers preflights), metrics (counts 401 and 503 too), API key, time limit.
+    # Outermost last: CORS (answers preflights), metrics (counts 401, 413 and 503 too), sizes, API
+    # key, time limit.
     app.add_middleware(RequestTimeoutMiddleware, seconds=settings.request_timeout_s)
     if settings.api_key is not None:
         app.add_middleware(APIKeyMiddleware, api_key=settings.api_key)
+    app.add_middleware(
+        RequestSizeMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        max_url_bytes=settings.max_url_bytes,
+        max_header_bytes=settings.max_header_bytes,
+    )
     app.add_middleware(MetricsMiddleware, telemetry=app.state.telemetry)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, **cors_options(settings))

@@ -33,6 +33,28 @@ class Settings(BaseSettings):
     max_trajectory_values: int = Field(
         1_000_000, ge=2, description="Most values n × (steps + 1) in one /trajectory response."
     )
+    max_work: int = Field(
+        100_000_000,
+        ge=1,
+        description="Most network evaluations one request may ask for: rows × evaluations per row "
+        "(n × NFE for sampling; points × the density's evaluations for /logprob). About 7 s of one "
+        "core's time for the shipped models (docs/RELIABILITY.md); larger requests get 422 up front.",
+    )
+    # Sizes bounded before anything is parsed (`service.limits`): 413, 414 or 431 over them.
+    max_body_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        description="Largest request body in bytes; the largest legal one (POST /logprob, 10,000 "
+        "points) is about 250 kB.",
+    )
+    max_url_bytes: int = Field(
+        32_768,
+        ge=1024,
+        description="Longest path plus query string in bytes; 1,001 comma-separated sigmas take about 22 kB.",
+    )
+    max_header_bytes: int = Field(
+        16_384, ge=1024, description="Most bytes of header names and values in one request."
+    )
 
     # Threads. Sampling runs on a dedicated pool of `inference_threads` threads (concurrent batches per
     # process); a batch's rows are shared out to `torch_threads` threads, each PyTorch op single-threaded

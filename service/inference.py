@@ -19,11 +19,12 @@ runtime built from the checkpoint's weights (`service.runtime`), under `torch.in
 import asyncio
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -68,6 +69,15 @@ class SamplingJob:
 
 
 @dataclass(frozen=True)
+class _Pending:
+    """A job submitted to the engine, with the flag set once its request is answered or gone
+    (timed out, disconnected): a batch whose every request is gone stops (`Stoppable`)."""
+
+    job: SamplingJob
+    gone: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True)
 class SamplingResult:
     """The trajectory of a job: sigmas (K + 1,) float64 and states (K + 1, n) float32, on the CPU."""
 
@@ -85,6 +95,34 @@ class SamplingResult:
     def paths(self) -> np.ndarray:
         """One row of K + 1 states per sample, shape (n, K + 1), C-contiguous."""
         return np.ascontiguousarray(self.states.T)
+
+
+class Stopped(Exception):
+    """Work stopped because nobody waits for its answer any more."""
+
+
+class Stoppable:
+    """A model's `jump` and `denoise` that first ask `stop()`, raising `Stopped` when it says so.
+
+    Samplers and the likelihood evaluate the network once or a few times per step, so work whose
+    requests have timed out frees the CPU within a step, not at the end of the whole solve.
+    """
+
+    def __init__(self, model: Any, stop: Callable[[], bool]) -> None:
+        self.model = model
+        self.stop = stop
+
+    def _check(self) -> None:
+        if self.stop():
+            raise Stopped("every request waiting for this work has gone")
+
+    def jump(self, x: torch.Tensor, t: torch.Tensor | float, s: torch.Tensor | float) -> torch.Tensor:
+        self._check()
+        return self.model.jump(x, t, s)
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        self._check()
+        return self.model.denoise(x, t)
 
 
 def resolve_device(name: DeviceName) -> torch.device:
@@ -168,7 +206,9 @@ def job_sigmas(job: SamplingJob) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def run_batch(jobs: Sequence[SamplingJob], device: torch.device) -> list[SamplingResult]:
+def run_batch(
+    jobs: Sequence[SamplingJob], device: torch.device, stop: Callable[[], bool] = bool
+) -> list[SamplingResult]:
     """Run jobs that share model, sampler, steps, γ and sigmas as one sampler call; one result per job.
 
     Each job's latent x_T and γ-noise come from its own generator seeded with its seed, drawn as
@@ -191,7 +231,8 @@ def run_batch(jobs: Sequence[SamplingJob], device: torch.device) -> list[Samplin
     x = (torch.cat(parts) if len(parts) > 1 else parts[0]).to(device)
     sigmas = job_sigmas(first)
     row_noise = RowNoise(generators, sizes, padding) if first.sampler == "gamma" else None
-    trajectory = SAMPLERS[first.sampler](runtime, x, sigmas, gamma=first.gamma, noise_sampler=row_noise)
+    watched = Stoppable(runtime, stop)
+    trajectory = SAMPLERS[first.sampler](watched, x, sigmas, gamma=first.gamma, noise_sampler=row_noise)
     states = trajectory.states.cpu().numpy()
     sigmas_np = trajectory.sigmas.cpu().numpy().copy()  # not a view of the cached schedule
     results = []
@@ -202,13 +243,13 @@ def run_batch(jobs: Sequence[SamplingJob], device: torch.device) -> list[Samplin
     return results
 
 
-def run_job(job: SamplingJob, device: torch.device) -> SamplingResult:
+def run_job(job: SamplingJob, device: torch.device, stop: Callable[[], bool] = bool) -> SamplingResult:
     """Run one job synchronously (in a pool thread): the model's own noise range and schedule (or
     the job's explicit sigmas).
 
     The same code path as a batch of one, so it gives what the job gets batched with others.
     """
-    return run_batch([job], device)[0]
+    return run_batch([job], device, stop)[0]
 
 
 class InferenceEngine:
@@ -233,12 +274,12 @@ class InferenceEngine:
             initargs=(torch_threads,),
         )
         self._arriving = 0  # small jobs deciding whether they are alone (`_alone`)
-        self._batcher: Batcher[SamplingJob, SamplingResult] = Batcher(
+        self._batcher: Batcher[_Pending, SamplingResult] = Batcher(
             self._executor,
             self._run,
             slots=inference_threads,
-            key=self._batch_key,
-            rows=lambda job: job.n,
+            key=lambda pending: self._batch_key(pending.job),
+            rows=lambda pending: pending.job.n,
             max_rows=max_batch_rows,
         )
 
@@ -250,10 +291,23 @@ class InferenceEngine:
         # id(): the waiting jobs hold their models, so no two live models share an id.
         return (id(job.model), job.sampler, job.steps, job.gamma, job.sigmas)
 
-    def _run(self, jobs: list[SamplingJob]) -> list[SamplingResult]:
-        if len(jobs) == 1:
-            return [run_job(jobs[0], self.device)]
-        return run_batch(jobs, self.device)
+    def _run(self, batch: list[_Pending]) -> list[SamplingResult]:
+        jobs = [pending.job for pending in batch]
+        stop = lambda: all(pending.gone.is_set() for pending in batch)  # noqa: E731
+        try:
+            if len(jobs) == 1:
+                return [run_job(jobs[0], self.device, stop=stop)]
+            return run_batch(jobs, self.device, stop=stop)
+        except Stopped:
+            first = jobs[0]
+            logger.info(
+                "sampling stopped, its requests gone model=%s sampler=%s steps=%d rows=%d",
+                first.model.name,
+                first.sampler,
+                first.steps,
+                sum(job.n for job in jobs),
+            )
+            raise
 
     async def sample(self, job: SamplingJob) -> SamplingResult:
         """The trajectory for `job`; raises ValueError if ctm_core refuses the arguments."""
@@ -261,7 +315,11 @@ class InferenceEngine:
         if await self._alone(job):
             result, batch = run_job(job, self.device), 1
         else:
-            result, batch = await self._batcher.submit(job)
+            pending = _Pending(job)
+            try:
+                result, batch = await self._batcher.submit(pending)
+            finally:
+                pending.gone.set()  # answered, or the request is gone: its batch may stop
         logger.info(
             "sampled model=%s sampler=%s steps=%d n=%d seed=%d noise=%s nfe=%d batch=%d seconds=%.4f",
             job.model.name,

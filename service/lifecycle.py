@@ -2,9 +2,9 @@
 
 - `RequestTimeoutMiddleware` answers 503 when a request has not begun its response within
   CTM_REQUEST_TIMEOUT_S. Cancelling the handler cancels its sampling job if the job still waits
-  in the pool's queue; a job already running (alone or in a batch) finishes in its pool thread
-  (PyTorch ops cannot be interrupted) and its result is dropped, so at most CTM_INFERENCE_THREADS
-  running batches outlive their requests, each bounded by the request and batch limits.
+  in the pool's queue; a job already running stops at its next network evaluation once every
+  request of its batch is gone (`service.inference.Stoppable`), so the CPU is free again within
+  one sampler step (PyTorch ops themselves cannot be interrupted).
 - `reload_models` brings the registry in line with the checkpoint directory (POST /admin/reload,
   and every CTM_RELOAD_POLL_S seconds when that is set: `checkpoint_poller`).
 - `exit_zero_after_sigterm` makes the graceful stop that uvicorn performs on SIGTERM (in-flight
@@ -25,6 +25,7 @@ from fastapi import FastAPI
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.deps import BODY_MODELS
 from service.registry import ModelRegistry, ReloadReport
 from service.schemas import ErrorResponse
 from service.security import PUBLIC_PATHS, document_access
@@ -133,7 +134,8 @@ async def checkpoint_poller(app: FastAPI) -> AsyncIterator[None]:
 def document_responses(app: FastAPI) -> None:
     """Add what the framework and the middlewares answer to the OpenAPI document.
 
-    400 for a body that is not JSON (FastAPI's own answer), 503 on timeout, 401 without the API key.
+    400 for a body that is not JSON (FastAPI's own answer), 503 on timeout, 401 without the API key,
+    and the schemas of bodies that routes read themselves (`service.api.deps.body_openapi`).
     """
     settings = app.state.settings
     build = app.openapi
@@ -144,6 +146,8 @@ def document_responses(app: FastAPI) -> None:
         schema = build()
         schemas = schema.setdefault("components", {}).setdefault("schemas", {})
         schemas.setdefault("ErrorResponse", ErrorResponse.model_json_schema())
+        for name, model in BODY_MODELS.items():
+            schemas.setdefault(name, model.model_json_schema())
         for path, item in schema.get("paths", {}).items():
             for operation in item.values():
                 if "requestBody" in operation:

@@ -224,9 +224,9 @@ async def test_a_lone_small_job_runs_inline_and_concurrent_ones_go_to_the_pool(
 ) -> None:
     threads: list[int] = []
 
-    def recording_run_batch(jobs: list[SamplingJob], device: torch.device) -> list[Any]:
+    def recording_run_batch(jobs: list[SamplingJob], device: torch.device, **kwargs: Any) -> list[Any]:
         threads.append(threading.get_ident())
-        return run_batch(jobs, device)
+        return run_batch(jobs, device, **kwargs)
 
     monkeypatch.setattr(inference, "run_batch", recording_run_batch)
     engine = inference.InferenceEngine(CPU, inference_threads=1, torch_threads=1)

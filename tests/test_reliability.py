@@ -166,11 +166,11 @@ async def test_a_request_runs_entirely_on_the_version_it_started_with(
     started, release = threading.Event(), threading.Event()
     real_run_job = service.inference.run_job
 
-    def held_run_job(job: SamplingJob, device: torch.device) -> Any:
+    def held_run_job(job: SamplingJob, device: torch.device, **kwargs: Any) -> Any:
         if job.seed == SWAP_PARAMS["seed"] and not started.is_set():
             started.set()
             assert release.wait(10)
-        return real_run_job(job, device)
+        return real_run_job(job, device, **kwargs)
 
     monkeypatch.setattr(service.inference, "run_job", held_run_job)
     # Held, the job must wait in a pool thread: run inline (a lone small job) it would hold the loop.
@@ -358,11 +358,11 @@ async def test_a_slow_request_gets_503_and_queued_jobs_are_cancelled(
     real_run_job = service.inference.run_job
     started: list[int] = []
 
-    def slow_run_job(job: SamplingJob, device: torch.device) -> Any:
+    def slow_run_job(job: SamplingJob, device: torch.device, **kwargs: Any) -> Any:
         if job.n == 7:
             started.append(job.seed)
             time.sleep(1.0)
-        return real_run_job(job, device)
+        return real_run_job(job, device, **kwargs)
 
     monkeypatch.setattr(service.inference, "run_job", slow_run_job)
     async with serve(checkpoint_dir, request_timeout_s=0.3, inference_threads=1) as client:

@@ -7,17 +7,24 @@ per app. Rules between parameters answer 422 with one message naming the rule or
 
 import secrets
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
+import anyio.to_thread
 from fastapi import Depends, HTTPException, Query, Request, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 
-from ctm_core.samplers import NoiseMode, SamplerName, explicit_sigmas
+from ctm_core.samplers import NoiseMode, SamplerName, explicit_sigmas, nfe_of
 from service.config import MAX_SEED, Settings
 from service.inference import InferenceEngine, SamplingJob
+from service.limits import check_work
 from service.registry import LoadedModel, ModelRegistry
 from service.telemetry import Telemetry, label_request
 
 _NAME_ECHO_LIMIT = 80
+# Bodies above this size are parsed in a worker thread: parsing 250 kB of JSON numbers takes ~5 ms.
+_OFFLOAD_BODY_BYTES = 32_768
+Body = TypeVar("Body", bound=BaseModel)
 
 
 # Dependencies are `async def` although they never wait: FastAPI runs a plain `def` dependency in its
@@ -59,6 +66,43 @@ def lookup_model(registry: ModelRegistry, name: str, settings: Settings) -> Load
 
 def unprocessable(message: str) -> HTTPException:
     return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, message)
+
+
+# Models of the bodies that routes read with `json_body`, by name: `body_openapi` declares them and
+# `service.lifecycle.document_responses` adds them to the OpenAPI document's schemas.
+BODY_MODELS: dict[str, type[BaseModel]] = {}
+
+
+def body_openapi(model: type[BaseModel]) -> dict[str, Any]:
+    """A route's `openapi_extra` declaring a required JSON body of `model`, for routes that read
+    it with `json_body` rather than as a parameter."""
+    BODY_MODELS[model.__name__] = model
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+async def json_body(request: Request, model: type[Body]) -> Body:
+    """The request's JSON body validated as `model`, parsed off the event loop when it is large.
+
+    Read whole first (its size bounded by CTM_MAX_BODY_BYTES, `service.limits`), then parsed and
+    validated in one pass by pydantic-core; errors answer 422 in FastAPI's shape, under "body".
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise unprocessable(
+            f"the body must be JSON, sent with 'Content-Type: application/json' (got {content_type!r})"
+        )
+    body = await request.body()
+    try:
+        if len(body) < _OFFLOAD_BODY_BYTES:
+            return model.model_validate_json(body)
+        return await anyio.to_thread.run_sync(model.model_validate_json, body)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        for error in errors:
+            if error["type"] == "json_invalid":
+                del error["input"]  # the whole body, possibly not even text: not worth echoing
+        raise RequestValidationError(errors) from None
 
 
 def parse_sigmas(values: list[str]) -> list[float]:
@@ -193,10 +237,20 @@ def sampling_job_dependency(settings: Settings, *, with_sigmas: bool = False) ->
         loaded = lookup_model(request.app.state.registry, model, settings)  # no RegistryDep: see /sample
         label_request(request, model=loaded.name, sampler=sampler)
         levels = None if sigmas is None else request_sigmas(loaded, sigmas, sampler, max_levels)
+        steps = steps if levels is None else len(levels) - 1
+        nfe = nfe_of(sampler, steps)
+        check_work(
+            n,
+            nfe,
+            settings.max_work,
+            rows_name="n",
+            evaluations_name="NFE",
+            instead="ask for fewer steps (a CTM jump sampler needs one evaluation a step)",
+        )
         return SamplingJob(
             model=loaded,
             sampler=sampler,
-            steps=steps if levels is None else len(levels) - 1,
+            steps=steps,
             n=n,
             seed=secrets.randbelow(MAX_SEED + 1) if seed is None else seed,
             noise=noise,

@@ -10,6 +10,8 @@ Two densities, by `sampler`:
 """
 
 import math
+import threading
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -17,10 +19,27 @@ import torch
 from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import BaseModel, Field
 
-from ctm_core.likelihood import ode_log_prob, onestep_log_prob
+from ctm_core.likelihood import (
+    ODE_STEPS,
+    ode_evaluations,
+    ode_log_prob,
+    onestep_evaluations,
+    onestep_log_prob,
+)
 from ctm_core.network import MonotoneNetwork
-from service.api.deps import EngineDep, RegistryDep, SettingsDep, lookup_model, unprocessable
+from service.api.deps import (
+    EngineDep,
+    RegistryDep,
+    SettingsDep,
+    body_openapi,
+    json_body,
+    lookup_model,
+    unprocessable,
+)
 from service.api.responses import json_response
+from service.config import Settings
+from service.inference import Stoppable
+from service.limits import check_work
 from service.registry import LoadedModel
 from service.schemas import ErrorResponse, ValidationErrorResponse
 from service.telemetry import label_request
@@ -66,16 +85,31 @@ class LogProbResponse(BaseModel):
     )
 
 
-def model_log_prob(model: LoadedModel, x: list[float], density: DensityName = "ode") -> np.ndarray:
+def model_log_prob(
+    model: LoadedModel, x: list[float], density: DensityName = "ode", stop: Callable[[], bool] = bool
+) -> np.ndarray:
     """log p(x) of the served model (see ctm_core.likelihood): density "onestep", the one-step
     sampler's law by the change of variables through G(·, σ_max, σ_min); "ode", the PF-ODE's law
-    of the model's denoiser g(x, t, t)."""
+    of the model's denoiser g(x, t, t). Raises `Stopped` at the first evaluation after `stop()`."""
     noise = model.checkpoint.noise
-    network = model.network
-    points = torch.tensor(x, dtype=torch.float32, device=next(network.parameters()).device)
+    points = torch.tensor(x, dtype=torch.float32, device=next(model.network.parameters()).device)
+    network = Stoppable(model.network, stop)
     if density == "onestep":
         return onestep_log_prob(network, points, noise).cpu().numpy()
-    return ode_log_prob(network, points, noise).cpu().numpy()
+    return ode_log_prob(network, points, noise, steps=ODE_STEPS).cpu().numpy()
+
+
+def check_density_work(points: int, density: DensityName, settings: Settings) -> None:
+    """422 when the points' network evaluations exceed CTM_MAX_WORK (`service.limits`)."""
+    per_point = onestep_evaluations() if density == "onestep" else ode_evaluations(ODE_STEPS)
+    check_work(
+        points,
+        per_point,
+        settings.max_work,
+        rows_name="points",
+        evaluations_name="evaluations",
+        instead="use sampler=onestep",
+    )
 
 
 def check_density(model: LoadedModel, density: DensityName) -> None:
@@ -88,9 +122,16 @@ def check_density(model: LoadedModel, density: DensityName) -> None:
         )
 
 
-async def _answer(engine: Any, model: LoadedModel, x: list[float], density: DensityName) -> Response:
+async def _answer(
+    engine: Any, model: LoadedModel, x: list[float], density: DensityName, settings: Settings
+) -> Response:
     check_density(model, density)
-    logprob = await engine.call(model_log_prob, model, x, density)
+    check_density_work(len(x), density, settings)
+    gone = threading.Event()
+    try:
+        logprob = await engine.call(model_log_prob, model, x, density, gone.is_set)
+    finally:
+        gone.set()  # answered, or timed out: an evaluation still running stops at its next step
     payload = {
         "model": model.name,
         "model_sha256": model.sha256,
@@ -104,9 +145,15 @@ async def _answer(engine: Any, model: LoadedModel, x: list[float], density: Dens
 router = APIRouter(tags=["likelihood"])
 
 
-@router.post("/logprob", response_model=LogProbResponse, responses=ERRORS, summary="Log-density at points")
+@router.post(
+    "/logprob",
+    response_model=LogProbResponse,
+    responses=ERRORS,
+    summary="Log-density at points",
+    openapi_extra=body_openapi(LogProbRequest),  # read by `json_body`, off the event loop
+)
 async def logprob_post(
-    body: LogProbRequest, request: Request, registry: RegistryDep, settings: SettingsDep, engine: EngineDep
+    request: Request, registry: RegistryDep, settings: SettingsDep, engine: EngineDep
 ) -> Response:
     """Exact 1D log-likelihood log p(x) of the model at ≤ 10,000 finite points; `sampler` picks which.
 
@@ -117,9 +164,10 @@ async def logprob_post(
     ode: the density of the model's probability-flow ODE, integrated from σ_min up to σ_max with
     Runge–Kutta 4 (64 steps) and the exact derivative of the drift, with the same prior at σ_max.
     """
+    body = await json_body(request, LogProbRequest)
     model = lookup_model(registry, body.model or settings.default_model, settings)
     label_request(request, model=model.name, sampler=body.sampler)
-    return await _answer(engine, model, body.x, body.sampler)
+    return await _answer(engine, model, body.x, body.sampler, settings)
 
 
 @router.get(
@@ -149,4 +197,4 @@ async def logprob_get(
         raise unprocessable(f"every x must be a finite number, got {bad}")
     found = lookup_model(registry, model or settings.default_model, settings)
     label_request(request, model=found.name, sampler=sampler)
-    return await _answer(engine, found, x, sampler)
+    return await _answer(engine, found, x, sampler, settings)
