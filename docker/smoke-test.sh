@@ -19,7 +19,10 @@
 #   6. brings compose.scale.yaml up as project "ctm-smoke-scale" (2 replicas + nginx, one
 #      shared checkpoint folder) and checks that requests through nginx reach every replica,
 #      that a seeded /sample is the same from each, and that a checkpoint added to the
-#      folder serves on every replica within the reload poll interval;
+#      folder serves on every replica within the reload poll interval; then kills one
+#      replica under load (docker/replica_kill.py: SIGKILL to its host PID, 16 clients of
+#      GETs through nginx) and checks that no GET fails and that the restart policy has it
+#      serving through nginx again within 30 s;
 #   7. tears down what it started: the compose projects, the wheel copy, and dockerd.
 # Images stay in the data root as a build cache, so a second run is fast.
 #
@@ -37,6 +40,7 @@
 #   CTM_SMOKE_SCALE=0   skip step 6 (the replicas behind nginx)
 #   CTM_SMOKE_REPLICAS  replicas in step 6 (default 2)
 #   CTM_SMOKE_POLL_S    CTM_RELOAD_POLL_S of the replicas in step 6 (default 2)
+#   CTM_SMOKE_KILL=0    skip the replica kill under load in step 6
 #   DOCKER_HOST         use this engine instead of starting one (it is never stopped)
 set -euo pipefail
 
@@ -671,5 +675,17 @@ sample = from_every_replica(f"/sample?model={added}&n=5&seed=1")
 print(f"      {added}: sha256 {sample['model_sha256'][:12]}, samples {str(sample['samples'])[:80]}")
 EOF
 log "HTTP checks through nginx passed"
+
+# A replica killed under load (SIGKILL to its host PID, as a crash): no GET through nginx may
+# fail, and the restart policy must have it serving through nginx again within 30 s.
+if [[ "${CTM_SMOKE_KILL:-1}" != 0 ]] && ((EUID != 0)); then
+    log "skipping the replica kill under load: it signals a host PID, which needs root"
+elif [[ "${CTM_SMOKE_KILL:-1}" != 0 ]]; then
+    step "replica killed under load: no failed GET, serving again within 30 s"
+    CTM_COMPOSE="${COMPOSE[*]}" python3 "$REPO_ROOT/docker/replica_kill.py" -f "$SCALE_FILE" \
+        -p "$SCALE_PROJECT" --deadline 30 2>&1 | sed 's/^/    /' \
+        || fail "replica kill under load: a GET failed, or the replica was not back in time"
+    log "replica kill test passed"
+fi
 
 end_step
