@@ -5,6 +5,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# Seeds of sampling and training: any 63-bit integer (`ctm_core.seeding` gives each its own stream).
+MAX_SEED = 2**63 - 1
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -122,7 +125,7 @@ class TrainConfig(_Strict):
     task: str | None = "two_gmm_1D"
     data: str | None = None
     holdout: float = Field(0.2, ge=0, lt=1)
-    seed: int = Field(0, ge=0, le=2**63 - 1)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     network: NetworkConfig = NetworkConfig()
     noise: NoiseConfig = NoiseConfig()

@@ -11,6 +11,7 @@ from ctm_core.exact import exact_flow
 from ctm_core.metrics import evaluate_samples, mode_coverage, w1_two_sample
 from ctm_core.parametrization import CTMParametrization
 from ctm_core.samplers import JUMP_SAMPLERS, generate, latent
+from ctm_core.seeding import seeded_generator
 from ctm_core.tasks import Task
 
 
@@ -132,7 +133,7 @@ def _flow_row(
     """The evaluation row of the exact flow: the same latents as the samplers', mapped exactly."""
     mean, std = noise.data_mean or 0.0, noise.prior_std
     quantile = flow(latent(n, mean, std, "quantile", torch.Generator()))
-    random = flow(latent(n, mean, std, "random", torch.Generator().manual_seed(seed)))
+    random = flow(latent(n, mean, std, "random", seeded_generator(seed)))
     row: dict[str, Any] = {"label": spec.label, **spec.__dict__, "nfe": 0, "n": n, "seed": seed}
     row["qW1"] = evaluate_samples(quantile, task, quantile=True)["qW1"]
     row |= {k: v for k, v in evaluate_samples(random, task, quantile=False).items() if k != "qW1"}

@@ -15,6 +15,7 @@ from typing import Literal, Protocol
 import torch
 
 from ctm_core.schedules import get_sigmas
+from ctm_core.seeding import seeded_generator
 
 NoiseMode = Literal["random", "quantile"]
 SamplerName = Literal["onestep", "multistep", "gamma", "euler", "heun"]
@@ -269,7 +270,7 @@ def generate(
         raise ValueError(f"steps must be ≥ 1, got {steps}")
     if sampler == "onestep" and steps != 1:
         raise ValueError("the onestep sampler takes exactly 1 step")
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(seed)
     x = latent(n, data_mean, prior_std, noise, generator).to(device)
     if sigmas is None:
         sigmas = sampling_sigmas(

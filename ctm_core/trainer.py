@@ -18,13 +18,14 @@ import torch
 from tqdm import tqdm
 
 from ctm_core.checkpoint import build_model
-from ctm_core.config import TrainConfig
+from ctm_core.config import MAX_SEED, TrainConfig
 from ctm_core.distributed import Group, ReplicatedModel, rank_seed, state_digest
 from ctm_core.ema import ema_update
 from ctm_core.losses import ConsistencyLoss, DSMLoss
 from ctm_core.parametrization import CTMParametrization
 from ctm_core.samplers import latent, sample_heun, sampling_sigmas
 from ctm_core.schedules import karras_sigmas
+from ctm_core.seeding import seeded_generator
 
 # Called with (phase, step) after each step; returning True asks the loop to save a checkpoint.
 StepHook = Callable[["Trainer", str, int], None]
@@ -129,8 +130,9 @@ class Trainer:
         sigma_data = noise.sigma_data
         self.grid = training_grid(config).to(device, torch.float32)
 
-        torch.manual_seed(config.seed)  # weight initialisation
-        self.generator = torch.Generator().manual_seed(rank_seed(config.seed, self.group.rank))
+        torch.manual_seed(config.seed)  # weight initialisation (every device's generator) ...
+        torch.default_generator.set_state(seeded_generator(config.seed).get_state())  # ... all 63 bits
+        self.generator = seeded_generator(rank_seed(config.seed, self.group.rank))
         self.online = build_model(config.network, sigma_data, noise.data_mean).to(device)
         self.teacher_eval: CTMParametrization = _frozen_copy(self.online)
         self.student_eval: CTMParametrization = _frozen_copy(self.online)
@@ -301,7 +303,7 @@ class Trainer:
         alone, and broadcast from rank 0: the same on every rank."""
         if self._pool is None:
             cfg = self.config.ctm
-            pool_gen = torch.Generator().manual_seed(self.config.seed + 1)
+            pool_gen = seeded_generator((self.config.seed + 1) % (MAX_SEED + 1))
             noise = self.config.noise
             x_T = latent(cfg.pool_size, noise.data_mean or 0.0, noise.prior_std, "random", pool_gen)
             fine = refine_grid(self.grid.double().cpu(), cfg.pool_substeps)
@@ -374,7 +376,7 @@ class Trainer:
         rank = self.group.rank
         rng = tensors.get("rng" if rank == 0 else f"rng.{rank}")
         if rng is None:
-            self.generator.manual_seed(rank_seed(self.config.seed, rank))
+            self.generator.set_state(seeded_generator(rank_seed(self.config.seed, rank)).get_state())
             return False
         self.generator.set_state(rng)
         return True

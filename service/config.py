@@ -9,7 +9,6 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-MAX_SEED = 2**63 - 1
 DeviceName = Literal["cpu", "cuda", "auto"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 

@@ -40,6 +40,7 @@ from ctm_core.samplers import (
     nfe_of,
     sampling_sigmas,
 )
+from ctm_core.seeding import seeded_generator
 from service.batching import Batcher
 from service.config import DeviceName, Settings
 from service.registry import LoadedModel
@@ -218,7 +219,7 @@ def run_batch(
     check_job(first)
     kwargs = first.model.checkpoint.noise.sampling_kwargs()
     runtime, _ = RUNTIMES.get(first.model.network)
-    generators = [torch.Generator().manual_seed(job.seed) for job in jobs]
+    generators = [seeded_generator(job.seed) for job in jobs]
     sizes = [job.n for job in jobs]
     rows = sum(sizes)
     padding = aligned(rows) - rows
@@ -249,7 +250,7 @@ def run_job(job: SamplingJob, device: torch.device, stop: Callable[[], bool] = b
 
     The same code path as a batch of one, so it gives what the job gets batched with others.
     """
-    return run_batch([job], device, stop)[0]
+    return run_batch([job], device, stop=stop)[0]
 
 
 class InferenceEngine:

@@ -30,8 +30,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from ctm_core.config import MAX_SEED
 from service.app import create_app
-from service.config import MAX_SEED, Settings
+from service.config import Settings
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 RANDOM = os.environ.get("FUZZ_RANDOM") == "1"  # fresh cases each run, instead of the same ones

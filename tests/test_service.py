@@ -17,12 +17,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ctm_core.checkpoint import METADATA_KEY
-from ctm_core.config import NoiseConfig
+from ctm_core.config import MAX_SEED, NoiseConfig
 from ctm_core.samplers import SAMPLERS
 from ctm_core.schedules import karras_sigmas
 from service.__main__ import main as cli_main
 from service.app import create_app
-from service.config import MAX_SEED, Settings
+from service.config import Settings
 from service.schemas import ModelInfo, SampleResponse, TrajectoryResponse
 
 pytestmark = pytest.mark.anyio

@@ -14,8 +14,9 @@ from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
+from ctm_core.config import MAX_SEED
 from ctm_core.samplers import NoiseMode, SamplerName, explicit_sigmas, nfe_of
-from service.config import MAX_SEED, Settings
+from service.config import Settings
 from service.inference import InferenceEngine, SamplingJob
 from service.limits import check_work
 from service.registry import LoadedModel, ModelRegistry
