@@ -1,14 +1,22 @@
-"""An in-process app on a checkpoint folder, started (lifespan) and wrapped in an httpx client."""
+"""An in-process app on a checkpoint folder, started (lifespan) and wrapped in an httpx client; and a
+way to make concurrent requests queue up, deterministically, so that they are batched."""
 
-from collections.abc import AsyncIterator
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from service.app import create_app
 from service.config import Settings
+from service.inference import InferenceEngine
+
+T = TypeVar("T")
+QUEUE_TIMEOUT_S = 60.0
 
 
 @asynccontextmanager
@@ -21,3 +29,23 @@ async def serve(checkpoint_dir: Path, **settings: Any) -> AsyncIterator[httpx.As
         httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
     ):
         yield client
+
+
+async def gather_while_held(engine: InferenceEngine, requests: Sequence[Awaitable[T]]) -> list[T]:
+    """Await `requests` (each one sampling job, arriving together) while the engine's only inference
+    thread (inference_threads=1) is held by an event: the first job goes to the held thread, the rest
+    wait in the batcher. Once all of them are queued the thread is released, and they run in
+    batches. No sleep decides whether they were queued in time."""
+    release = threading.Event()
+    held = asyncio.ensure_future(engine.call(release.wait, QUEUE_TIMEOUT_S))
+    together = asyncio.ensure_future(asyncio.gather(*requests))
+    try:
+        deadline = time.monotonic() + QUEUE_TIMEOUT_S
+        while engine._batcher.waiting < len(requests) - 1:
+            if time.monotonic() > deadline or together.done():
+                raise AssertionError(f"only {engine._batcher.waiting} of {len(requests)} jobs queued")
+            await asyncio.sleep(0.002)
+    finally:
+        release.set()
+    await held
+    return await together

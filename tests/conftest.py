@@ -2,6 +2,10 @@
 
 `checkpoint_dir` is a fresh folder per test holding two models with different noise ranges;
 `make_checkpoint` writes more (e.g. to corrupt or to vary the metadata).
+
+CTM_REQUIRE_ALL_TESTS=1 (CI sets it) turns every skip into a failure, so that a test CI expects to
+run (the browser tests, say, when Chromium is not where they look) cannot pass by not running. The
+only skips left alone are those in `ALLOWED_SKIP_REASONS`: tests that cannot apply to the machine.
 """
 
 import os
@@ -15,6 +19,46 @@ import torch
 
 from ctm_core.checkpoint import build_model, checkpoint_metadata, save_checkpoint
 from ctm_core.config import NetworkConfig, NoiseConfig
+
+# Read once at import, before any test's `_clean_env` hides the CTM_* variables.
+REQUIRE_ALL_TESTS = os.environ.get("CTM_REQUIRE_ALL_TESTS", "") not in ("", "0")
+# Skips that stay skips under CTM_REQUIRE_ALL_TESTS: the test cannot apply to this machine at all.
+ALLOWED_SKIP_REASONS = ("needs a machine without CUDA",)
+
+
+def _refused_skip(reason: str) -> str | None:
+    """The failure message for a skip that CTM_REQUIRE_ALL_TESTS refuses, or None if it is allowed."""
+    if not REQUIRE_ALL_TESTS or any(allowed in reason for allowed in ALLOWED_SKIP_REASONS):
+        return None
+    return f"skipped, but CTM_REQUIRE_ALL_TESTS=1 requires it to run: {reason}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
+    report = yield
+    if report.skipped and not hasattr(report, "wasxfail"):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        message = _refused_skip(reason)
+        if message is not None:
+            report.outcome = "failed"
+            report.longrepr = message
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> pytest.CollectReport:
+    """A whole module skipped at import (pytest.importorskip, allow_module_level) counts too."""
+    report = yield
+    if report.skipped:
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        message = _refused_skip(reason)
+        if message is not None:
+            report.outcome = "failed"
+            report.longrepr = message
+    return report
+
 
 TINY_NETWORK = NetworkConfig(width=16, depth=2)
 # name → (noise range, has a teacher). Different ranges so tests can tell the models apart.

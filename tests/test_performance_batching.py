@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from app_client import gather_while_held
 from scipy import stats
 
 from ctm_core.config import NetworkConfig, NoiseConfig
@@ -200,13 +201,11 @@ async def test_same_request_same_samples_under_concurrent_load(
             assert response.status_code == 200, response.text
             alone.append(response.json()["samples"])
         for _ in range(2):
-            # Occupy the executor so that the requests pile up and are batched when it frees.
-            busy = asyncio.create_task(app.state.engine.call(time.sleep, 0.3))
-            await asyncio.sleep(0.01)
+            # Hold the only inference thread until every request has queued: they are batched.
             caplog.clear()
             with caplog.at_level(logging.INFO, logger="service.inference"):
-                responses = await asyncio.gather(*(client.get("/sample", params=p) for p in mix))
-            await busy
+                requests = [client.get("/sample", params=p) for p in mix]
+                responses = await gather_while_held(app.state.engine, requests)
             for params, expected, response in zip(mix, alone, responses, strict=True):
                 assert response.status_code == 200, response.text
                 assert response.json()["samples"] == expected, params

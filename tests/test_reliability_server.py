@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 import httpx
-from real_server import REPO_ROOT, running_server
+from held_server import HELD_N
+from real_server import REPO_ROOT, running_server, wait_for_file
 
 API_KEY = "load-bearing-api-key-5f1c2e9a"
 ADMIN_TOKEN = "admin-token-7d3b8c41e0"
@@ -22,29 +23,39 @@ WRONG_GUESS = "wrong-guess-0b6e4d2a9f"
 
 
 def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path, checkpoint_dir: Path) -> None:
+    """SIGTERM while a request is being sampled: the server stops taking connections, finishes the
+    request, answers it, and exits 0. The request is held in flight (tests/held_server.py) until
+    the server has logged that it is shutting down, so no timing decides what the test sees."""
     log_path = tmp_path / "server.log"
-    with running_server(checkpoint_dir, log_path) as (base_url, process):
+    hold = tmp_path / "hold"
+    with running_server(checkpoint_dir, log_path, hold=hold) as (base_url, process):
         result: dict[str, object] = {}
 
-        def slow_request() -> None:  # about 2 s of sampling on one CPU
-            params = {"sampler": "heun", "steps": 100, "n": 100_000, "seed": 3}
+        def held_request() -> None:
+            params = {"sampler": "heun", "steps": 20, "n": HELD_N, "seed": 3}
             result["response"] = httpx.get(f"{base_url}/sample", params=params, timeout=120)
             result["done"] = time.monotonic()
 
-        worker = threading.Thread(target=slow_request)
+        worker = threading.Thread(target=held_request)
         worker.start()
-        time.sleep(0.4)  # the request is being sampled
+        wait_for_file(hold / "started")  # the request is being sampled
         signalled = time.monotonic()
         process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while "Shutting down" not in log_path.read_text():
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.01)
+        assert worker.is_alive() and process.poll() is None  # stopping, and still sampling
+        (hold / "release").touch()
         worker.join(timeout=120)
         code = process.wait(timeout=60)
         exited = time.monotonic()
     response = result["response"]
     assert isinstance(response, httpx.Response)
     assert response.status_code == 200, response.text
-    assert len(response.json()["samples"]) == 100_000
+    assert len(response.json()["samples"]) == HELD_N
     done = result["done"]
-    assert isinstance(done, float) and done > signalled, "the request ended before the signal: too fast"
+    assert isinstance(done, float) and done > signalled
     assert code == 0, log_path.read_text()
     assert exited >= done - 0.05
     log = log_path.read_text()

@@ -11,7 +11,8 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from real_server import running_server
+from held_server import HELD_N
+from real_server import running_server, wait_for_file
 
 from service.inference import SamplingJob, run_job
 from service.registry import load_model
@@ -19,7 +20,8 @@ from service.registry import load_model
 
 @pytest.fixture
 def server(tmp_path: Path, checkpoint_dir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
-    """(base URL, process, log file) of a server on one good and one corrupted checkpoint."""
+    """(base URL, process, log file) of a server on one good and one corrupted checkpoint; a
+    request of `HELD_N` samples is held in flight until tmp_path/hold/release exists."""
     folder = tmp_path / "served"
     folder.mkdir()
     good = (checkpoint_dir / "two_gmm_1D.safetensors").read_bytes()
@@ -29,12 +31,15 @@ def server(tmp_path: Path, checkpoint_dir: Path) -> Iterator[tuple[str, subproce
     (folder / "corrupted.safetensors").write_bytes(bytes(corrupted))
 
     log_path = tmp_path / "server.log"
-    with running_server(folder, log_path) as (base_url, process):
+    with running_server(folder, log_path, hold=tmp_path / "hold") as (base_url, process):
         yield base_url, process, log_path
 
 
-def test_real_server(server: tuple[str, subprocess.Popen[bytes], Path], checkpoint_dir: Path) -> None:
+def test_real_server(
+    server: tuple[str, subprocess.Popen[bytes], Path], checkpoint_dir: Path, tmp_path: Path
+) -> None:
     base_url, process, log_path = server
+    hold = tmp_path / "hold"
     with httpx.Client(base_url=base_url, timeout=30) as client:
         ready = client.get("/readyz")
         assert (ready.status_code, ready.json()) == (200, {"status": "ready", "models": ["two_gmm_1D"]})
@@ -54,30 +59,30 @@ def test_real_server(server: tuple[str, subprocess.Popen[bytes], Path], checkpoi
         assert bad.json()["detail"][0]["loc"] == ["query", "sampler"]
         assert "ctm_models_loaded 1.0" in client.get("/metrics").text
 
-        # /healthz answers promptly while a large request is sampling.
+        # /healthz answers promptly while a request is sampling: it is held in flight, sampling
+        # for real again and again (tests/held_server.py), until the probes are done.
         big: dict[str, object] = {}
 
         def sample_big() -> None:
-            start = time.perf_counter()
-            params = {"sampler": "multistep", "steps": 400, "n": 100_000}  # ~2 s: long enough to probe
-            big["response"] = httpx.get(f"{base_url}/sample", params=params, timeout=60)
-            big["seconds"] = time.perf_counter() - start
+            params = {"sampler": "multistep", "steps": 100, "n": HELD_N}
+            big["response"] = httpx.get(f"{base_url}/sample", params=params, timeout=120)
 
         worker = threading.Thread(target=sample_big)
         worker.start()
-        time.sleep(0.2)
+        wait_for_file(hold / "started")
         health_latencies = []
-        while worker.is_alive():
+        for _ in range(5):
             start = time.perf_counter()
             assert client.get("/healthz").status_code == 200
             health_latencies.append(time.perf_counter() - start)
             time.sleep(0.05)
-        worker.join()
+        assert worker.is_alive()  # every probe ran while the request was in flight
+        (hold / "release").touch()
+        worker.join(timeout=120)
         response = big["response"]
         assert isinstance(response, httpx.Response)
         assert response.status_code == 200
-        assert len(response.json()["samples"]) == 100_000
-        assert len(health_latencies) >= 3, f"sampling took only {big['seconds']:.2f} s"
+        assert len(response.json()["samples"]) == HELD_N
         assert max(health_latencies) < 0.5, health_latencies
 
     process.send_signal(signal.SIGINT)

@@ -1,9 +1,7 @@
 """Explicit noise levels on /sample and /trajectory: `sigmas`, its validation, echo, batching and seeds."""
 
-import asyncio
 import logging
 import re
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from app_client import serve
+from app_client import gather_while_held, serve
 
 from ctm_core.samplers import generate
 from service.app import create_app
@@ -333,13 +331,11 @@ async def test_concurrent_requests_with_different_sigmas_keep_their_samples(
             response = await client.get("/trajectory", params=params)
             assert response.status_code == 200, response.text
             alone.append(response.json())
-        # Occupy the executor so that the requests pile up and are batched when it frees.
-        busy = asyncio.create_task(app.state.engine.call(time.sleep, 0.3))
-        await asyncio.sleep(0.01)
+        # Hold the only inference thread until every request has queued: they are batched.
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="service.inference"):
-            responses = await asyncio.gather(*(client.get("/trajectory", params=p) for p in mix))
-        await busy
+            requests = [client.get("/trajectory", params=p) for p in mix]
+            responses = await gather_while_held(app.state.engine, requests)
         for params, expected, response in zip(mix, alone, responses, strict=True):
             assert response.status_code == 200, response.text
             body = response.json()
