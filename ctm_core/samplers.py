@@ -20,6 +20,7 @@ from ctm_core.seeding import seeded_generator
 NoiseMode = Literal["random", "quantile"]
 SamplerName = Literal["onestep", "multistep", "gamma", "euler", "heun"]
 NoiseSampler = Callable[[torch.Tensor], torch.Tensor]  # x ↦ fresh N(0, 1) noise shaped like x
+DEFAULT_GAMMA = 0.5  # γ-sampling's γ when none is given: a quarter of each level's variance is fresh noise
 
 
 class Jumper(Protocol):
@@ -83,7 +84,7 @@ def sample_gamma(
     x: torch.Tensor,
     sigmas: torch.Tensor,
     generator: torch.Generator | None = None,
-    gamma: float = 0.5,
+    gamma: float = DEFAULT_GAMMA,
     noise_sampler: NoiseSampler | None = None,
 ) -> Trajectory:
     """γ-sampling, Algorithm 3 of Kim et al. (2023): jump to √(1−γ²)·τ_{i+1}, then renoise to τ_{i+1}.
@@ -160,15 +161,73 @@ def sample_heun(
 
 
 SamplerFn = Callable[..., Trajectory]
-SAMPLERS: dict[str, SamplerFn] = {
-    "onestep": sample_onestep,
-    "multistep": sample_multistep,
-    "gamma": sample_gamma,
-    "euler": sample_euler,
-    "heun": sample_heun,
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """What one sampler is, needs and defaults to: `SPECS` is the one place these rules live.
+
+    `uses_jump`: it runs the CTM jump G (else the denoiser D: a PF-ODE solver). `stochastic`: it
+    draws fresh noise after x_T, so `gamma` and the seed act on it beyond the latent.
+    `fixed_steps`: it takes exactly `default_steps` steps. `evaluations_per_step`: network
+    evaluations a step (Heun's last step is a plain Euler step, one fewer).
+    """
+
+    fn: SamplerFn
+    default_steps: int
+    uses_jump: bool
+    stochastic: bool = False
+    fixed_steps: bool = False
+    evaluations_per_step: int = 1
+
+    def nfe(self, steps: int) -> int:
+        """Network evaluations for `steps` steps."""
+        return max(self.evaluations_per_step * steps - (self.evaluations_per_step - 1), 1)
+
+
+# Default steps: the jump samplers a few (more did not beat one step by more than the seed spread,
+# docs/RESULTS.md); the ODE solvers enough that their samples lie within about 0.001·σ_data (Heun,
+# 64 steps) and 0.005·σ_data (Euler, 256 steps) of a 512-step Heun solve of the same model on the
+# shipped models: the solvers' own error, not a quality setting (docs/RESULTS.md, "Default steps").
+SPECS: dict[str, SamplerSpec] = {
+    "onestep": SamplerSpec(sample_onestep, default_steps=1, uses_jump=True, fixed_steps=True),
+    "multistep": SamplerSpec(sample_multistep, default_steps=4, uses_jump=True),
+    "gamma": SamplerSpec(sample_gamma, default_steps=4, uses_jump=True, stochastic=True),
+    "euler": SamplerSpec(sample_euler, default_steps=256, uses_jump=False),
+    "heun": SamplerSpec(sample_heun, default_steps=64, uses_jump=False, evaluations_per_step=2),
 }
+SAMPLERS: dict[str, SamplerFn] = {name: spec.fn for name, spec in SPECS.items()}
 # Samplers that need the CTM jump G (the others only need a denoiser D).
-JUMP_SAMPLERS = frozenset({"onestep", "multistep", "gamma"})
+JUMP_SAMPLERS = frozenset(name for name, spec in SPECS.items() if spec.uses_jump)
+
+
+def sampler_spec(sampler: str) -> SamplerSpec:
+    """The sampler's specification; ValueError naming the choices for an unknown one."""
+    spec = SPECS.get(sampler)
+    if spec is None:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SPECS)}")
+    return spec
+
+
+def check_steps(sampler: str, steps: int, *, from_sigmas: bool = False) -> SamplerSpec:
+    """The sampler's specification, once `steps` suits it; ValueError saying what does not.
+
+    `from_sigmas`: the steps come from explicit levels (their number − 1), and the message says so.
+    """
+    spec = sampler_spec(sampler)
+    if steps < 1:
+        raise ValueError(f"steps must be ≥ 1, got {steps}")
+    if spec.fixed_steps and steps != spec.default_steps:
+        if from_sigmas:
+            raise ValueError(
+                f"the {sampler} sampler takes exactly {spec.default_steps + 1} sigmas (σ_max and σ_min), "
+                f"got {steps + 1}; use sampler=multistep for more levels"
+            )
+        raise ValueError(
+            f"the {sampler} sampler takes exactly {spec.default_steps} step, got steps={steps}; "
+            "use sampler=multistep for more steps"
+        )
+    return spec
 
 
 def sampling_sigmas(
@@ -217,7 +276,7 @@ def explicit_sigmas(
 
 def nfe_of(sampler: str, steps: int) -> int:
     """Network evaluations a sampler spends for a number of steps."""
-    return 2 * steps - 1 if sampler == "heun" else steps
+    return sampler_spec(sampler).nfe(steps)
 
 
 def quantile_latent(n: int, std: float = 1.0) -> torch.Tensor:
@@ -250,7 +309,7 @@ def generate(
     jump_schedule: str = "linear",
     seed: int = 0,
     noise: NoiseMode = "random",
-    gamma: float = 0.5,
+    gamma: float = DEFAULT_GAMMA,
     data_mean: float = 0.0,
     prior_std: float,
     sigmas: Sequence[float] | torch.Tensor | None = None,
@@ -264,12 +323,7 @@ def generate(
     the noise levels are `sampling_sigmas`', or `sigmas` when given (`explicit_sigmas` checks
     them; they override `steps` and the schedules).
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
-    if steps < 1:
-        raise ValueError(f"steps must be ≥ 1, got {steps}")
-    if sampler == "onestep" and steps != 1:
-        raise ValueError("the onestep sampler takes exactly 1 step")
+    spec = check_steps(sampler, steps)
     generator = seeded_generator(seed)
     x = latent(n, data_mean, prior_std, noise, generator).to(device)
     if sigmas is None:
@@ -284,4 +338,5 @@ def generate(
         )
     else:
         sigmas = explicit_sigmas(sigmas, sigma_min=sigma_min, sigma_max=sigma_max)
-    return SAMPLERS[sampler](model, x, sigmas, generator=generator, gamma=gamma)
+        spec = check_steps(sampler, len(sigmas) - 1, from_sigmas=True)
+    return spec.fn(model, x, sigmas, generator=generator, gamma=gamma)

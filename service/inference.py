@@ -32,9 +32,10 @@ import torch
 from ctm_core.config import NoiseConfig
 from ctm_core.machine import usable_cpus
 from ctm_core.samplers import (
-    SAMPLERS,
     NoiseMode,
     SamplerName,
+    SamplerSpec,
+    check_steps,
     explicit_sigmas,
     latent,
     nfe_of,
@@ -179,16 +180,11 @@ class RowNoise:
         return torch.cat(parts).to(x.device)
 
 
-def check_job(job: SamplingJob) -> None:
-    """ValueError for arguments `ctm_core.samplers.generate` refuses (the routes validate them first)."""
-    if job.sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {job.sampler!r}; choose one of {sorted(SAMPLERS)}")
-    if job.steps < 1:
-        raise ValueError(f"steps must be ≥ 1, got {job.steps}")
-    if job.sampler == "onestep" and job.steps != 1:
-        raise ValueError("the onestep sampler takes exactly 1 step")
+def check_job(job: SamplingJob) -> SamplerSpec:
+    """The job's sampler, once its steps suit it (`ctm_core.samplers.check_steps`); ValueError if not."""
     if job.sigmas is not None and len(job.sigmas) != job.steps + 1:
         raise ValueError(f"{len(job.sigmas)} sigmas do not make steps={job.steps} (they make steps + 1)")
+    return check_steps(job.sampler, job.steps, from_sigmas=job.sigmas is not None)
 
 
 @functools.lru_cache(maxsize=256)
@@ -216,7 +212,7 @@ def run_batch(
     `ctm_core.samplers.generate` draws them; rows are padded to the runtime's alignment.
     """
     first = jobs[0]
-    check_job(first)
+    spec = check_job(first)
     kwargs = first.model.checkpoint.noise.sampling_kwargs()
     runtime, _ = RUNTIMES.get(first.model.network)
     generators = [seeded_generator(job.seed) for job in jobs]
@@ -231,9 +227,9 @@ def run_batch(
         parts.append(torch.zeros(padding))
     x = (torch.cat(parts) if len(parts) > 1 else parts[0]).to(device)
     sigmas = job_sigmas(first)
-    row_noise = RowNoise(generators, sizes, padding) if first.sampler == "gamma" else None
+    row_noise = RowNoise(generators, sizes, padding) if spec.stochastic else None
     watched = Stoppable(runtime, stop)
-    trajectory = SAMPLERS[first.sampler](watched, x, sigmas, gamma=first.gamma, noise_sampler=row_noise)
+    trajectory = spec.fn(watched, x, sigmas, gamma=first.gamma, noise_sampler=row_noise)
     states = trajectory.states.cpu().numpy()
     sigmas_np = trajectory.sigmas.cpu().numpy().copy()  # not a view of the cached schedule
     results = []

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from ctm_core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from ctm_core.parametrization import CTMParametrization
-from ctm_core.samplers import SAMPLERS, generate
+from ctm_core.samplers import SPECS, generate
 from service.schemas import ModelInfo, NoiseInfo, RejectedCheckpoint
 
 logger = logging.getLogger(__name__)
@@ -318,7 +318,8 @@ def describe(name: str, checkpoint: Checkpoint) -> ModelInfo:
         ),
         training=_as_dict(meta.get("training")),
         metrics=_as_dict(meta.get("metrics")),
-        samplers=list(SAMPLERS),
+        samplers=list(SPECS),
+        default_steps={name: spec.default_steps for name, spec in SPECS.items()},
         has_teacher=checkpoint.teacher is not None,
         file_name=checkpoint.path.name,
         size_bytes=checkpoint.size_bytes,

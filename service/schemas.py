@@ -80,6 +80,9 @@ class ModelInfo(BaseModel):
     training: dict[str, Any]
     metrics: dict[str, Any] = Field(description="Quality metrics recorded in the checkpoint.")
     samplers: list[SamplerName]
+    default_steps: dict[SamplerName, int] = Field(
+        description="The steps each sampler takes when a request gives neither `steps` nor `sigmas`."
+    )
     has_teacher: bool
     file_name: str
     size_bytes: int

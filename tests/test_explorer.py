@@ -206,7 +206,7 @@ async def test_plot_png(client: httpx.AsyncClient) -> None:
 async def test_plot_png_validates_like_trajectory(explorer_dir: Path) -> None:
     async with serve(explorer_dir, max_trajectory_values=5_000) as client:
         assert "unknown model" in await detail(client, "/plot.png", {"model": "nope"}, 404)
-        assert "exactly 1 step" in await detail(client, "/plot.png", {"steps": 3}, 422)
+        assert "exactly 1 step" in await detail(client, "/plot.png", {"sampler": "onestep", "steps": 3}, 422)
         too_many = await detail(client, "/plot.png", {"sampler": "euler", "steps": 9, "n": 600}, 422)
         assert "CTM_MAX_TRAJECTORY_VALUES" in too_many
         for params in ({"n": 20_001}, {"gamma": 2}, {"view": "both-ish"}, {"noise": "pink"}):

@@ -38,8 +38,9 @@ N = 8
 
 
 def _params(sampler: str, seed: int, noise: str) -> dict[str, Any]:
-    return {"model": "two_gmm_1D", "sampler": sampler, "steps": STEPS[sampler], "n": N, "seed": seed,
-            "noise": noise, "gamma": 0.6}  # fmt: skip
+    params = {"model": "two_gmm_1D", "sampler": sampler, "steps": STEPS[sampler], "n": N, "seed": seed,
+              "noise": noise}  # fmt: skip
+    return params | {"gamma": 0.6} if sampler == "gamma" else params
 
 
 @asynccontextmanager

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from ctm_core.checkpoint import METADATA_KEY
 from ctm_core.config import MAX_SEED, NoiseConfig
-from ctm_core.samplers import SAMPLERS
+from ctm_core.samplers import SAMPLERS, SPECS
 from ctm_core.schedules import karras_sigmas
 from service.__main__ import main as cli_main
 from service.app import create_app
@@ -339,7 +339,8 @@ async def test_configured_limits(checkpoint_dir: Path) -> None:
         schema = await get_json(client, "/openapi.json")
     params = {p["name"]: p["schema"] for p in schema["paths"]["/sample"]["get"]["parameters"]}
     assert params["n"]["maximum"] == 20
-    assert params["steps"]["maximum"] == 5
+    steps = next(option for option in params["steps"]["anyOf"] if option["type"] == "integer")
+    assert steps["maximum"] == 5  # an optional integer: omitted, the sampler's default steps
 
 
 # --- health, readiness, skipped checkpoints --------------------------------------------------------
@@ -480,12 +481,17 @@ async def test_openapi_declares_ranges_and_responses(client: httpx.AsyncClient) 
         assert set(operation["responses"]) == {"200", "404", "422", "503"}
         params = {p["name"]: p["schema"] for p in operation["parameters"]}
         assert params["sampler"]["enum"] == list(SAMPLERS)
-        assert params["sampler"]["default"] == "onestep"
+        # A plain /trajectory is a path with intermediate states; a plain /sample, one jump.
+        assert params["sampler"]["default"] == ("onestep" if path == "/sample" else "multistep")
         assert params["noise"]["enum"] == ["random", "quantile"]
         ranges = {k: (v.get("minimum"), v.get("maximum"), v.get("default")) for k, v in params.items()}
-        assert ranges["steps"] == (1, 1000, 1)
         assert ranges["n"] == (1, 100_000, 1000)
-        assert ranges["gamma"] == (0, 1, 0.5)
+        # Optional: omitted, the sampler's own default steps and γ.
+        optional = {k: next(o for o in params[k]["anyOf"] if o["type"] != "null") for k in ("steps", "gamma")}
+        assert (optional["steps"]["minimum"], optional["steps"]["maximum"]) == (1, 1000)
+        assert (optional["gamma"]["minimum"], optional["gamma"]["maximum"]) == (0, 1)
+        described = next(p for p in operation["parameters"] if p["name"] == "steps")["description"]
+        assert all(f"{name} {spec.default_steps}" in described for name, spec in SPECS.items())
         seed = next(s for s in params["seed"]["anyOf"] if s.get("type") == "integer")
         assert (seed["minimum"], seed["maximum"]) == (0, MAX_SEED)
         assert params["model"]["default"] == "two_gmm_1D"

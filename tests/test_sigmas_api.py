@@ -75,7 +75,9 @@ async def test_explicit_sigmas_give_what_generate_gives(
 ) -> None:
     """Bit for bit what ctm_core's `generate(..., sigmas=...)` draws from the same seed on the
     network the service runs, and ctm_core's eager model's samples up to float rounding."""
-    params = {"model": name, "sampler": sampler, "n": 300, "seed": 77, "gamma": 0.3, "sigmas": levels}
+    params = {"model": name, "sampler": sampler, "n": 300, "seed": 77, "sigmas": levels}
+    if sampler == "gamma":
+        params["gamma"] = 0.3
     response = await client.get("/trajectory", params=params)
     assert response.status_code == 200, response.text
     body = response.json()
@@ -124,19 +126,24 @@ async def test_sigmas_override_steps_and_the_schedule(client: httpx.AsyncClient)
     base = {"model": "two_gmm_1D", "sampler": "multistep", "n": 50, "seed": 3}
     schedule = (await client.get("/trajectory", params={**base, "steps": 4})).json()
     # The schedule's own levels, given explicitly, give the schedule's samples.
-    same = (await client.get("/trajectory", params={**base, "steps": 9, "sigmas": schedule["sigmas"]})).json()
+    same = (await client.get("/trajectory", params={**base, "sigmas": schedule["sigmas"]})).json()
     assert same["steps"] == 4 and same["sigmas"] == schedule["sigmas"]
     assert same["samples"] == schedule["samples"]
-    # Other levels, other samples: `steps` is ignored.
-    other = (await client.get("/trajectory", params={**base, "steps": 4, "sigmas": LEVELS})).json()
+    # Other levels, other samples.
+    other = (await client.get("/trajectory", params={**base, "sigmas": LEVELS})).json()
     assert other["sigmas"] == LEVELS and other["samples"] != schedule["samples"]
-    two = (await client.get("/trajectory", params={**base, "steps": 4, "sigmas": "10,0.002"})).json()
+    two = (await client.get("/trajectory", params={**base, "sigmas": "10,0.002"})).json()
     assert (two["steps"], two["nfe"], two["sigmas"]) == (1, 1, [10.0, 0.002])
+    # `steps` beside `sigmas` would be ignored: refused, not silently dropped.
+    both = await client.get("/trajectory", params={**base, "steps": 4, "sigmas": LEVELS})
+    assert both.status_code == 422
+    assert "either steps or sigmas" in both.json()["detail"]
 
 
 async def test_onestep_takes_exactly_two_levels(client: httpx.AsyncClient) -> None:
-    default = (await client.get("/trajectory", params={"n": 40, "seed": 8})).json()
-    given = await client.get("/trajectory", params={"n": 40, "seed": 8, "steps": 3, "sigmas": "10,0.002"})
+    base = {"sampler": "onestep", "n": 40, "seed": 8}
+    default = (await client.get("/trajectory", params=base)).json()
+    given = await client.get("/trajectory", params={**base, "sigmas": "10,0.002"})
     assert given.status_code == 200, given.text
     assert given.json()["sigmas"] == [10.0, 0.002] == default["sigmas"]
     assert given.json()["samples"] == default["samples"] and given.json()["steps"] == 1
@@ -220,11 +227,11 @@ async def test_level_limits_follow_the_settings(checkpoint_dir: Path) -> None:
         # /trajectory's size limit counts the levels given, not `steps` (1 here): 20 × 5 fits, 20 × 6 not.
         five = [10.0, 1.0, 0.1, 0.01, 0.002]
         fits = await client.get(
-            "/trajectory", params={"sampler": "euler", "n": 20, "steps": 1, "sigmas": five}
+            "/trajectory", params={"sampler": "euler", "n": 20, "sigmas": five}
         )
         assert fits.status_code == 200 and len(fits.json()["paths"][0]) == 5
         over = await client.get(
-            "/trajectory", params={"sampler": "euler", "n": 20, "steps": 1, "sigmas": six}
+            "/trajectory", params={"sampler": "euler", "n": 20, "sigmas": six}
         )
         assert over.status_code == 422
         assert "20 × 6 = 120 values exceeds the limit of 100" in over.json()["detail"]
@@ -314,10 +321,11 @@ async def test_concurrent_requests_with_different_sigmas_keep_their_samples(
             "sampler": ["multistep", "gamma"][i % 2],
             "n": [1, 5, 64][i % 3],
         }
-        params |= {"seed": 500 + i // 4, "gamma": 0.4, "steps": 3}
+        params["seed"] = 500 + i // 4
+        if params["sampler"] == "gamma":
+            params["gamma"] = 0.4
         sigmas = variants[i % 4]
-        if sigmas is not None:
-            params["sigmas"] = sigmas
+        params |= {"steps": 3} if sigmas is None else {"sigmas": sigmas}
         mix.append(params)
     batches: list[int] = []
     app = create_app(Settings(checkpoint_dir=checkpoint_dir, inference_threads=1))

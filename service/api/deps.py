@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from ctm_core.config import MAX_SEED
-from ctm_core.samplers import NoiseMode, SamplerName, explicit_sigmas, nfe_of
+from ctm_core.samplers import DEFAULT_GAMMA, SPECS, NoiseMode, SamplerName, check_steps, explicit_sigmas
 from service.config import Settings
 from service.inference import InferenceEngine, SamplingJob
 from service.limits import check_work
@@ -137,26 +137,39 @@ def request_sigmas(
         )
     except ValueError as exc:
         raise unprocessable(str(exc)) from None
-    if sampler == "onestep" and len(levels) != 2:
-        raise unprocessable(
-            f"the onestep sampler takes exactly 2 sigmas (σ_max and σ_min), got {len(levels)}; "
-            "use sampler=multistep for more levels"
-        )
+    try:
+        check_steps(sampler, len(levels) - 1, from_sigmas=True)
+    except ValueError as exc:
+        raise unprocessable(str(exc)) from None
     return tuple(levels.tolist())
 
 
-def sampling_job_dependency(settings: Settings, *, with_sigmas: bool = False) -> Callable[..., SamplingJob]:
+def sampling_job_dependency(
+    settings: Settings, *, with_sigmas: bool = False, default_sampler: SamplerName = "onestep"
+) -> Callable[..., SamplingJob]:
     """The dependency that turns /sample's query into a `SamplingJob`, with this app's limits.
 
     `with_sigmas`: it also takes the explicit noise levels `sigmas` (/sample and /trajectory).
+    Steps default to the sampler's own (`ctm_core.samplers.SPECS`); a parameter the chosen
+    sampler would ignore (`gamma` but for γ-sampling, `steps` beside `sigmas`) is refused.
     """
     default_n = min(1000, settings.max_n)
     max_levels = settings.max_steps + 1
+    defaults = ", ".join(f"{name} {spec.default_steps}" for name, spec in SPECS.items())
     # The parameters both signatures share (Annotated types: FastAPI reads their Query).
     Model = Annotated[str, Query(description="A loaded model's name (see /models).")]
     Sampler = Annotated[
         SamplerName,
         Query(description="CTM jumps (onestep, multistep, gamma) or PF-ODE solvers (euler, heun)."),
+    ]
+    Steps = Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=settings.max_steps,
+            description="Sampler steps on the model's schedule; omitted: the sampler's default "
+            f"({defaults}). onestep takes exactly 1.",
+        ),
     ]
     N = Annotated[int, Query(ge=1, le=settings.max_n, description="Number of samples.")]
     Seed = Annotated[
@@ -164,8 +177,13 @@ def sampling_job_dependency(settings: Settings, *, with_sigmas: bool = False) ->
         Query(ge=0, le=MAX_SEED, description="Seed of every random draw; omitted: one is drawn."),
     ]
     Gamma = Annotated[
-        float,
-        Query(ge=0, le=1, allow_inf_nan=False, description="γ of the gamma sampler (others ignore it)."),
+        float | None,
+        Query(
+            ge=0,
+            le=1,
+            allow_inf_nan=False,
+            description=f"γ of the gamma sampler (default {DEFAULT_GAMMA}); refused with another sampler.",
+        ),
     ]
     Noise = Annotated[
         NoiseMode,
@@ -178,13 +196,11 @@ def sampling_job_dependency(settings: Settings, *, with_sigmas: bool = False) ->
     async def sampling_job(
         request: Request,
         model: Model = settings.default_model,
-        sampler: Sampler = "onestep",
-        steps: Annotated[
-            int, Query(ge=1, le=settings.max_steps, description="Sampler steps; onestep takes only 1.")
-        ] = 1,
+        sampler: Sampler = default_sampler,
+        steps: Steps = None,
         n: N = default_n,
         seed: Seed = None,
-        gamma: Gamma = 0.5,
+        gamma: Gamma = None,
         noise: Noise = "random",
     ) -> SamplingJob:
         return make_job(request, model, sampler, steps, n, seed, gamma, noise, None)
@@ -192,24 +208,16 @@ def sampling_job_dependency(settings: Settings, *, with_sigmas: bool = False) ->
     async def sampling_job_with_sigmas(
         request: Request,
         model: Model = settings.default_model,
-        sampler: Sampler = "onestep",
-        steps: Annotated[
-            int,
-            Query(
-                ge=1,
-                le=settings.max_steps,
-                description="Sampler steps on the model's schedule; onestep takes only 1. "
-                "Ignored when `sigmas` is given.",
-            ),
-        ] = 1,
+        sampler: Sampler = default_sampler,
+        steps: Steps = None,
         n: N = default_n,
         seed: Seed = None,
-        gamma: Gamma = 0.5,
+        gamma: Gamma = None,
         noise: Noise = "random",
         sigmas: Annotated[
             list[str] | None,
             Query(
-                description="Explicit noise levels, overriding `steps` and the schedule: repeated "
+                description="Explicit noise levels instead of `steps` and the schedule: repeated "
                 "(?sigmas=10&sigmas=1&sigmas=0.002) or comma-separated (?sigmas=10,1,0.002). Strictly "
                 "decreasing from the model's σ_max to its σ_min (see /models), 2 to "
                 f"{max_levels} levels (CTM_MAX_STEPS + 1); steps = levels − 1, and onestep takes "
@@ -223,23 +231,30 @@ def sampling_job_dependency(settings: Settings, *, with_sigmas: bool = False) ->
         request: Request,
         model: str,
         sampler: SamplerName,
-        steps: int,
+        steps: int | None,
         n: int,
         seed: int | None,
-        gamma: float,
+        gamma: float | None,
         noise: NoiseMode,
         sigmas: list[str] | None,
     ) -> SamplingJob:
-        if sigmas is None and sampler == "onestep" and steps != 1:
+        spec = SPECS[sampler]
+        default_steps = min(spec.default_steps, settings.max_steps)  # a server may allow fewer
+        if gamma is not None and not spec.stochastic:
             raise unprocessable(
-                f"the onestep sampler takes exactly 1 step, got steps={steps}; "
-                "use sampler=multistep for more steps"
+                f"gamma applies to sampler=gamma only; the {sampler} sampler would ignore it: drop it"
             )
+        if sigmas is not None and steps is not None:
+            raise unprocessable("give either steps or sigmas, not both: the sigmas fix the steps")
+        try:
+            check_steps(sampler, default_steps if steps is None else steps)
+        except ValueError as exc:
+            raise unprocessable(str(exc)) from None
         loaded = lookup_model(request.app.state.registry, model, settings)  # no RegistryDep: see /sample
         label_request(request, model=loaded.name, sampler=sampler)
         levels = None if sigmas is None else request_sigmas(loaded, sigmas, sampler, max_levels)
-        steps = steps if levels is None else len(levels) - 1
-        nfe = nfe_of(sampler, steps)
+        steps = (default_steps if steps is None else steps) if levels is None else len(levels) - 1
+        nfe = spec.nfe(steps)
         check_work(
             n,
             nfe,
@@ -255,7 +270,7 @@ def sampling_job_dependency(settings: Settings, *, with_sigmas: bool = False) ->
             n=n,
             seed=secrets.randbelow(MAX_SEED + 1) if seed is None else seed,
             noise=noise,
-            gamma=gamma,
+            gamma=DEFAULT_GAMMA if gamma is None else gamma,
             sigmas=levels,
         )
 
@@ -263,11 +278,12 @@ def sampling_job_dependency(settings: Settings, *, with_sigmas: bool = False) ->
 
 
 def trajectory_job_dependency(settings: Settings, *, with_sigmas: bool = False) -> Callable[..., SamplingJob]:
-    """/sample's dependency plus the response-size limit n × (levels) of /trajectory.
+    """/sample's dependency plus the response-size limit n × (levels) of /trajectory; its sampler
+    defaults to multistep, so that a plain request answers a path with intermediate states.
 
     The levels are steps + 1, or the number of explicit `sigmas` when given (`with_sigmas`).
     """
-    sampling_job = sampling_job_dependency(settings, with_sigmas=with_sigmas)
+    sampling_job = sampling_job_dependency(settings, with_sigmas=with_sigmas, default_sampler="multistep")
     limit = settings.max_trajectory_values
 
     async def trajectory_job(job: Annotated[SamplingJob, Depends(sampling_job)]) -> SamplingJob:

@@ -9,7 +9,6 @@ const SAMPLE_RANGE_P = [0.001, 0.999]; // as service/plotting.py view_range
 const SAMPLE_RANGE_PAD = 0.1;
 const PATHS_RANGE_PAD = 0.5;
 const MAX_LEVEL_LINES = 40; // draw the schedule's noise levels as lines up to this many steps
-const DEFAULT_STEPS = { onestep: 1, multistep: 4, gamma: 4, euler: 18, heun: 10 };
 const SAMPLER_TEXT = {
   onestep: "onestep (one jump)",
   multistep: "multistep (CTM jumps)",
@@ -97,6 +96,12 @@ function fillSamplers(info, wanted) {
   select.value = info.samplers.includes(previous) ? previous : info.samplers[0];
 }
 
+function defaultSteps() {
+  // The server's table (/models: default_steps), the steps a request without `steps` gets.
+  const info = models.get($("model").value);
+  return (info && info.default_steps[$("sampler").value]) || 1;
+}
+
 function showModel() {
   const info = models.get($("model").value);
   if (!info) return;
@@ -119,7 +124,7 @@ async function loadModels() {
   $("model").replaceChildren(...list.map((info) => new Option(info.name, info.name)));
   if (models.has(wanted.get("model"))) $("model").value = wanted.get("model");
   fillSamplers(models.get($("model").value), wanted.get("sampler"));
-  $("steps").value = String(DEFAULT_STEPS[$("sampler").value] || 1);
+  $("steps").value = String(defaultSteps());
   for (const key of ["steps", "n", "gamma", "seed", "noise"]) {
     if (wanted.has(key)) $(key).value = wanted.get(key);
   }
@@ -439,7 +444,7 @@ document.addEventListener("DOMContentLoaded", async () => {
   });
   $("model").addEventListener("change", showModel);
   $("sampler").addEventListener("change", () => {
-    $("steps").value = String(DEFAULT_STEPS[$("sampler").value] || 1);
+    $("steps").value = String(defaultSteps());
     applySamplerRules();
   });
   try {

@@ -1,0 +1,107 @@
+"""The sampler table (`ctm_core.samplers.SPECS`): its NFE counts what the samplers really evaluate,
+and the API's defaults come from it, so a request without `steps` never answers an unsolved ODE."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from app_client import serve
+
+from ctm_core.samplers import SPECS, check_steps, sampling_sigmas
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class CountingModel:
+    """A Gaussian's exact jump and denoiser that count their calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def jump(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x * torch.sqrt((1 + s**2) / (1 + t**2))
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x / (1 + t**2)
+
+
+@pytest.mark.parametrize("sampler", list(SPECS))
+@pytest.mark.parametrize("steps", [1, 2, 5])
+def test_nfe_is_the_number_of_network_calls(sampler: str, steps: int) -> None:
+    spec = SPECS[sampler]
+    if spec.fixed_steps and steps != spec.default_steps:
+        with pytest.raises(ValueError, match="takes exactly"):
+            check_steps(sampler, steps)
+        return
+    model = CountingModel()
+    sigmas = sampling_sigmas(sampler, steps, sigma_min=0.002, sigma_max=10.0)
+    trajectory = spec.fn(model, torch.zeros(4), sigmas, generator=torch.Generator().manual_seed(0))
+    assert model.calls == spec.nfe(steps) == trajectory.nfe
+
+
+def test_unknown_samplers_and_bad_steps_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown sampler 'rk4'"):
+        check_steps("rk4", 1)
+    with pytest.raises(ValueError, match="steps must be ≥ 1"):
+        check_steps("heun", 0)
+    with pytest.raises(ValueError, match="exactly 2 sigmas"):
+        check_steps("onestep", 3, from_sigmas=True)
+
+
+async def test_omitted_steps_are_the_samplers_default(checkpoint_dir: Path) -> None:
+    async with serve(checkpoint_dir) as client:
+        for sampler, spec in SPECS.items():
+            body = (await client.get("/sample", params={"sampler": sampler, "n": 50, "seed": 1})).json()
+            assert (body["steps"], body["nfe"]) == (spec.default_steps, spec.nfe(spec.default_steps))
+        # Heun without steps now solves the ODE: the same samples as Heun with 512 steps, to within
+        # its discretisation error (before, steps defaulted to 1: one Euler step, samples near 0).
+        params = {"sampler": "heun", "n": 2000, "seed": 3, "noise": "quantile"}
+        default = torch.tensor((await client.get("/sample", params=params)).json()["samples"])
+        fine = torch.tensor((await client.get("/sample", params=params | {"steps": 512})).json()["samples"])
+        assert float((default - fine).abs().mean()) < 0.01 * float(fine.std())
+
+
+async def test_a_plain_trajectory_is_a_path(checkpoint_dir: Path) -> None:
+    async with serve(checkpoint_dir) as client:
+        body = (await client.get("/trajectory", params={"n": 3})).json()
+        steps = SPECS["multistep"].default_steps
+        assert body["sampler"] == "multistep" and body["steps"] == steps
+        assert len(body["sigmas"]) == steps + 1 and all(len(path) == steps + 1 for path in body["paths"])
+
+
+async def test_parameters_a_sampler_would_ignore_are_refused(checkpoint_dir: Path) -> None:
+    async with serve(checkpoint_dir) as client:
+        for sampler in ("onestep", "multistep", "euler", "heun"):
+            response = await client.get("/sample", params={"sampler": sampler, "gamma": 0.3})
+            assert response.status_code == 422
+            assert "gamma applies to sampler=gamma only" in response.json()["detail"]
+        assert (await client.get("/sample", params={"sampler": "gamma", "gamma": 0.3})).status_code == 200
+
+
+async def test_default_steps_respect_a_lower_step_limit(checkpoint_dir: Path) -> None:
+    async with serve(checkpoint_dir, max_steps=10) as client:
+        body = (await client.get("/sample", params={"sampler": "heun", "n": 5})).json()
+        assert body["steps"] == 10
+
+
+async def test_the_served_defaults_are_the_tables(checkpoint_dir: Path) -> None:
+    """A client reads the defaults from the OpenAPI description, written from the same table."""
+    async with serve(checkpoint_dir) as client:
+        schema = (await client.get("/openapi.json")).json()
+    described = next(p for p in schema["paths"]["/sample"]["get"]["parameters"] if p["name"] == "steps")
+    for name, spec in SPECS.items():
+        assert f"{name} {spec.default_steps}" in described["description"]
+
+
+async def test_models_lists_each_samplers_default_steps(checkpoint_dir: Path) -> None:
+    async with serve(checkpoint_dir) as client:
+        models = (await client.get("/models")).json()["models"]
+    for model in models:
+        assert model["default_steps"] == {name: spec.default_steps for name, spec in SPECS.items()}
