@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from benchmarks.serve import Server  # noqa: E402
 
 SWAPPED = "swapped"  # the model whose file the reloader replaces, back and forth
 EPHEMERAL = "ephemeral"  # added and removed by the reloader; clients never ask for it
+UNTRAINED = ("two_gmm_1D", "gauss_1D")  # untrained models the mix below asks for
 
 
 @dataclass(frozen=True)
@@ -139,14 +140,18 @@ def checkpoint_bytes(folder: Path, name: str, noise: NoiseConfig, seed: int) -> 
     return data
 
 
-def prepare_checkpoints(folder: Path, extra: Path | None) -> tuple[dict[str, bytes], bytes]:
-    """Write the served models into `folder`; return the swapped model's two versions and the ephemeral."""
+def prepare_checkpoints(
+    folder: Path, extra: Path | None, untrained: Sequence[str] = UNTRAINED
+) -> tuple[dict[str, bytes], bytes]:
+    """Write the served models into `folder`: `extra`'s checkpoints, then an untrained model for each
+    name in `untrained` (replacing a copied one of that name), then the swapped model; return the
+    swapped model's two versions and the ephemeral model."""
     folder.mkdir(parents=True, exist_ok=True)
     if extra is not None:
         for path in sorted(extra.glob("*.safetensors")):
             shutil.copyfile(path, folder / path.name)
     noise = NoiseConfig(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5)
-    for seed, name in enumerate(("two_gmm_1D", "gauss_1D")):
+    for seed, name in enumerate(untrained):
         atomic_write_bytes(folder / f"{name}.safetensors", checkpoint_bytes(folder, name, noise, seed))
     versions = {}
     for seed in (10, 11):

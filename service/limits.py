@@ -3,6 +3,8 @@
 - `RequestSizeMiddleware` refuses, before any of it is parsed, a URL longer than CTM_MAX_URL_BYTES
   (414), headers larger than CTM_MAX_HEADER_BYTES (431), and a body larger than CTM_MAX_BODY_BYTES
   (413): at once when its Content-Length says so, and as soon as a chunked body passes the limit.
+  The body is never held: a 413 either closes the connection or lets uvicorn discard the rest
+  (`DISCARD_FACTOR`).
   The HTTP parser itself (uvicorn's h11) buffers at most `parser_buffer_bytes` of request line and
   headers, so no request holds more than that much memory before these checks run.
 - `check_work` refuses up front a request whose network evaluations (rows × evaluations per row)
@@ -14,6 +16,11 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.config import Settings
+
+# A 413 for a body of at most this many times CTM_MAX_BODY_BYTES leaves the connection open, and
+# uvicorn reads and discards the rest of the body (never holding it), so that a client that reads
+# only after sending still gets the answer; a larger body gets the 413 and the connection closed.
+DISCARD_FACTOR = 64
 
 
 def parser_buffer_bytes(settings: Settings) -> int:
@@ -58,7 +65,9 @@ class RequestSizeMiddleware:
         refusal = self._refusal(scope)
         if refusal is not None:
             code, detail = refusal
-            response = JSONResponse({"detail": detail}, status_code=code, headers={"Connection": "close"})
+            close = code != status.HTTP_413_CONTENT_TOO_LARGE or self._closes(scope)
+            headers = {"Connection": "close"} if close else None
+            response = JSONResponse({"detail": detail}, status_code=code, headers=headers)
             await response(scope, receive, send)
             return
         await self.app(scope, self._bounded(receive), send)
@@ -84,6 +93,16 @@ class RequestSizeMiddleware:
             if name == b"content-length" and int(value) > self.max_body_bytes:
                 return status.HTTP_413_CONTENT_TOO_LARGE, _body_detail(self.max_body_bytes)
         return None
+
+    def _closes(self, scope: Scope) -> bool:
+        """Whether a 413 should close the connection rather than let uvicorn read and discard the
+        rest of the body: for a body far over the limit. Many clients (httpx among them) read the
+        answer only once they have sent the whole body, and a connection closed under them loses
+        the 413; a body of a few limits is cheap to discard, one of gigabytes is not."""
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                return int(value) > DISCARD_FACTOR * self.max_body_bytes
+        return True  # chunked: no end in sight
 
     def _bounded(self, receive: Receive) -> Receive:
         """`receive` that raises `BodyTooLarge` once the body read so far passes the limit (a chunked
