@@ -61,12 +61,35 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine.torch_threads,
         settings.inference_threads,
     )
+    log_default_model(settings, registry)
     try:
         async with checkpoint_poller(app):
             yield
     finally:
         engine.shutdown()
         logger.info("service stopped")
+
+
+def log_default_model(settings: Settings, registry: ModelRegistry) -> None:
+    """Say at startup when the configured default model is missing, and what plain requests get."""
+    configured = settings.default_model
+    if registry.get(configured) is not None:
+        return
+    chosen = registry.default_name(configured)
+    if chosen != configured:
+        logger.warning(
+            "default model %r (CTM_DEFAULT_MODEL) did not load; requests that name no model use %r, "
+            "the only model loaded",
+            configured,
+            chosen,
+        )
+    else:
+        logger.warning(
+            "default model %r (CTM_DEFAULT_MODEL) did not load; requests that name no model get 404 "
+            "until it does (loaded: %s); set CTM_DEFAULT_MODEL or --default-model to one of them",
+            configured,
+            ", ".join(registry.names) or "none",
+        )
 
 
 async def unhandled_error(request: Request, exc: Exception) -> JSONResponse:

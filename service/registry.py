@@ -180,6 +180,15 @@ class ModelRegistry:
     def __len__(self) -> int:
         return len(self._snapshot.models)
 
+    def default_name(self, configured: str) -> str:
+        """The model a request that names none gets: the configured default (CTM_DEFAULT_MODEL) when
+        it is loaded, else the only loaded model when there is exactly one, else the configured name
+        (which then answers 404 saying it did not load)."""
+        models = self._snapshot.models
+        if configured not in models and len(models) == 1:
+            return next(iter(models))
+        return configured
+
     def load_directory(self, directory: Path, device: torch.device) -> ReloadReport:
         """Load every `*.safetensors` in `directory`, skip (and log) the bad ones, publish the rest."""
         return self.reload(directory, device)

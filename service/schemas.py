@@ -104,6 +104,10 @@ class RejectedCheckpoint(BaseModel):
 
 class ModelList(BaseModel):
     models: list[ModelInfo]
+    default_model: str | None = Field(
+        description="The model of requests that name none: CTM_DEFAULT_MODEL, or the only loaded model "
+        "when that did not load; null when neither."
+    )
     rejected: list[RejectedCheckpoint] = Field(
         description="Checkpoint files that failed validation (the server log has the same lines)."
     )

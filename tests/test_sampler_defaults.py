@@ -105,3 +105,40 @@ async def test_models_lists_each_samplers_default_steps(checkpoint_dir: Path) ->
         models = (await client.get("/models")).json()["models"]
     for model in models:
         assert model["default_steps"] == {name: spec.default_steps for name, spec in SPECS.items()}
+
+
+# --- the default model ------------------------------------------------------------------------------
+
+
+async def test_the_only_loaded_model_is_the_default_when_the_configured_one_is_missing(
+    tmp_path: Path, checkpoint_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    (folder / "mine.safetensors").write_bytes((checkpoint_dir / "gauss_1D.safetensors").read_bytes())
+    with caplog.at_level("WARNING", logger="service"):
+        async with serve(folder) as client:
+            assert (await client.get("/models")).json()["default_model"] == "mine"
+            body = (await client.get("/sample", params={"n": 3})).json()
+            assert body["model"] == "mine"
+            logprob = await client.post("/logprob", json={"x": [0.0]})
+            assert logprob.json()["model"] == "mine"
+    assert "default model 'two_gmm_1D' (CTM_DEFAULT_MODEL) did not load" in caplog.text
+    assert "use 'mine'" in caplog.text
+
+
+async def test_with_several_models_and_no_default_a_plain_request_says_why(
+    checkpoint_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="service"):
+        async with serve(checkpoint_dir, default_model="absent") as client:
+            assert (await client.get("/models")).json()["default_model"] is None
+            response = await client.get("/sample", params={"n": 3})
+            assert response.status_code == 404
+            assert "CTM_DEFAULT_MODEL, did not load" in response.json()["detail"]
+    assert "requests that name no model get 404" in caplog.text
+
+
+async def test_models_names_the_configured_default(checkpoint_dir: Path) -> None:
+    async with serve(checkpoint_dir) as client:
+        assert (await client.get("/models")).json()["default_model"] == "two_gmm_1D"

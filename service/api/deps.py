@@ -52,8 +52,10 @@ TelemetryDep = Annotated[Telemetry, Depends(get_telemetry)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def lookup_model(registry: ModelRegistry, name: str, settings: Settings) -> LoadedModel:
-    """The loaded model called `name`, or 404 listing the loaded ones."""
+def lookup_model(registry: ModelRegistry, name: str | None, settings: Settings) -> LoadedModel:
+    """The loaded model called `name` (None: the default model, `ModelRegistry.default_name`), or 404
+    listing the loaded ones."""
+    name = registry.default_name(settings.default_model) if name is None else name
     model = registry.get(name)
     if model is not None:
         return model
@@ -157,7 +159,10 @@ def sampling_job_dependency(
     max_levels = settings.max_steps + 1
     defaults = ", ".join(f"{name} {spec.default_steps}" for name, spec in SPECS.items())
     # The parameters both signatures share (Annotated types: FastAPI reads their Query).
-    Model = Annotated[str, Query(description="A loaded model's name (see /models).")]
+    Model = Annotated[
+        str | None,
+        Query(description="A loaded model's name (see /models); omitted: the default model /models names."),
+    ]
     Sampler = Annotated[
         SamplerName,
         Query(description="CTM jumps (onestep, multistep, gamma) or PF-ODE solvers (euler, heun)."),
@@ -195,7 +200,7 @@ def sampling_job_dependency(
 
     async def sampling_job(
         request: Request,
-        model: Model = settings.default_model,
+        model: Model = None,
         sampler: Sampler = default_sampler,
         steps: Steps = None,
         n: N = default_n,
@@ -207,7 +212,7 @@ def sampling_job_dependency(
 
     async def sampling_job_with_sigmas(
         request: Request,
-        model: Model = settings.default_model,
+        model: Model = None,
         sampler: Sampler = default_sampler,
         steps: Steps = None,
         n: N = default_n,
@@ -229,7 +234,7 @@ def sampling_job_dependency(
 
     def make_job(
         request: Request,
-        model: str,
+        model: str | None,
         sampler: SamplerName,
         steps: int | None,
         n: int,

@@ -118,11 +118,14 @@ function showModel() {
 
 async function loadModels() {
   const wanted = new URLSearchParams(location.search);
-  const list = (await api("/models")).models;
+  const listing = await api("/models");
+  const list = listing.models;
   if (!list.length) throw new ApiError(503, "no model is loaded; see /readyz");
   for (const info of list) models.set(info.name, info);
   $("model").replaceChildren(...list.map((info) => new Option(info.name, info.name)));
-  if (models.has(wanted.get("model"))) $("model").value = wanted.get("model");
+  // The model asked for in the address, else the server's default model.
+  const first = models.has(wanted.get("model")) ? wanted.get("model") : listing.default_model;
+  if (models.has(first)) $("model").value = first;
   fillSamplers(models.get($("model").value), wanted.get("sampler"));
   $("steps").value = String(defaultSteps());
   for (const key of ["steps", "n", "gamma", "seed", "noise"]) {

@@ -165,7 +165,7 @@ async def logprob_post(
     Runge–Kutta 4 (64 steps) and the exact derivative of the drift, with the same prior at σ_max.
     """
     body = await json_body(request, LogProbRequest)
-    model = lookup_model(registry, body.model or settings.default_model, settings)
+    model = lookup_model(registry, body.model, settings)
     label_request(request, model=model.name, sampler=body.sampler)
     return await _answer(engine, model, body.x, body.sampler, settings)
 
@@ -195,6 +195,6 @@ async def logprob_get(
     bad = next((v for v in x if not math.isfinite(v)), None)
     if bad is not None:
         raise unprocessable(f"every x must be a finite number, got {bad}")
-    found = lookup_model(registry, model or settings.default_model, settings)
+    found = lookup_model(registry, model, settings)
     label_request(request, model=found.name, sampler=sampler)
     return await _answer(engine, found, x, sampler, settings)

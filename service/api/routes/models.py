@@ -10,11 +10,16 @@ router = APIRouter(tags=["models"])
 
 
 @router.get("/models", summary="List loaded models")
-async def list_models(registry: RegistryDep) -> ModelList:
-    """Every loaded model, by name, and the checkpoint files that failed validation."""
+async def list_models(registry: RegistryDep, settings: SettingsDep) -> ModelList:
+    """Every loaded model, by name, the default model, and the checkpoint files that failed validation."""
     snapshot = registry.snapshot()
     models = [snapshot.models[name].info for name in sorted(snapshot.models)]
-    return ModelList(models=models, rejected=snapshot.describe_rejections())
+    default = registry.default_name(settings.default_model)
+    return ModelList(
+        models=models,
+        default_model=default if registry.get(default) is not None else None,
+        rejected=snapshot.describe_rejections(),
+    )
 
 
 @router.get(
