@@ -8,6 +8,7 @@ Under `torchrun --nproc_per_node=N`, N processes train one model with Distribute
 
 import argparse
 import json
+import shlex
 import signal
 import sys
 import time
@@ -547,7 +548,14 @@ def _train(args: argparse.Namespace, runtime: Runtime) -> int:
         )
         for path in figures:
             print(f"wrote {path}")
+    print(serve_command(out))
     return 0
+
+
+def serve_command(checkpoint: Path) -> str:
+    """The line that tells a user how to serve the checkpoint just written (its folder, named by its stem)."""
+    folder, name = shlex.quote(str(checkpoint.parent)), shlex.quote(checkpoint.stem)
+    return f"serve it: python -m service --checkpoint-dir {folder} --default-model {name}"
 
 
 def heldout_log_likelihood(

@@ -1,8 +1,10 @@
 """`python -m ctm_core.train`: errors in one line, reproducible checkpoints, interrupt and resume."""
 
+import asyncio
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from app_client import serve
 from scipy import stats
 from tiny_training import TINY
 
@@ -24,7 +27,9 @@ from ctm_core.machine import usable_cpus
 from ctm_core.network import CTMNetwork, MonotoneNetwork
 from ctm_core.tasks import get_task
 from ctm_core.train import build_parser, main
+from service.__main__ import build_parser as service_parser
 from service.api.routes.likelihood import model_log_prob
+from service.config import Settings
 from service.registry import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -272,6 +277,23 @@ def test_another_seed_gives_other_weights(tmp_path: Path, finished_runs: list[Pa
         a.student.state_dict()["net.trunk.0.weight"], b.student.state_dict()["net.trunk.0.weight"]
     )
     assert b.metadata["metrics"] == {"rows": []}  # --eval-n 0 skips the table
+
+
+def test_the_last_line_is_a_command_that_serves_what_was_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "my runs" / "mine.safetensors"
+    assert main([*SHORT, "--eval-n", "0", "--out", str(out)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("serve it: python -m service ")
+    flags = service_parser().parse_args(shlex.split(last.removeprefix("serve it: python -m service ")))
+    settings = Settings(**{k: v for k, v in vars(flags).items() if v is not None})
+
+    async def plain_sample() -> dict[str, object]:
+        async with serve(settings.checkpoint_dir, default_model=settings.default_model) as client:
+            return (await client.get("/sample", params={"n": 2})).json()
+
+    assert asyncio.run(plain_sample())["model"] == "mine"
 
 
 def test_overwrite_replaces_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
