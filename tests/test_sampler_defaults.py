@@ -142,3 +142,22 @@ async def test_with_several_models_and_no_default_a_plain_request_says_why(
 async def test_models_names_the_configured_default(checkpoint_dir: Path) -> None:
     async with serve(checkpoint_dir) as client:
         assert (await client.get("/models")).json()["default_model"] == "two_gmm_1D"
+
+
+async def test_unknown_query_parameters_are_named_in_a_422(checkpoint_dir: Path) -> None:
+    async with serve(checkpoint_dir) as client:
+        for path, params in (
+            ("/sample", {"n": 3, "bogus": 1}),
+            ("/sample", {"n": 3, "step": 8}),  # a misspelt steps, not silently the default
+            ("/trajectory", {"n": 3, "sigma": "10,0.002"}),
+            ("/logprob", {"x": 0.5, "density": "ode"}),
+            ("/models", {"verbose": 1}),
+            ("/evaluate", {"n": 10, "bogus": 1}),
+            ("/plot.png", {"n": 10, "bogus": 1}),
+        ):
+            response = await client.get(path, params=params)
+            assert response.status_code == 422, (path, response.text)
+            unknown = next(name for name in params if name not in ("n", "x"))
+            assert f"unknown query parameter {unknown!r}" in response.json()["detail"]
+        # The explorer page reads its own query (model, sampler, ...) in the browser.
+        assert (await client.get("/", params={"model": "two_gmm_1D", "anything": 1})).status_code == 200

@@ -67,6 +67,31 @@ def lookup_model(registry: ModelRegistry, name: str | None, settings: Settings) 
     raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown model {shown!r}{hint}; loaded models: {loaded}")
 
 
+def _query_names(dependant: Any) -> frozenset[str]:
+    """The query parameters a route's dependant takes, its dependencies' included."""
+    found = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        found |= _query_names(sub)
+    return frozenset(found)
+
+
+async def refuse_unknown_query(request: Request) -> None:
+    """422 naming the query parameters the route does not take: a misspelt `step=8` would otherwise
+    be dropped without a word and the answer silently use the default."""
+    if not request.query_params:
+        return
+    route = request.scope.get("route")
+    if getattr(route, "dependant", None) is None:
+        return
+    names = _query_names(route.dependant)  # a few µs: two levels of dependencies
+    unknown = sorted(set(request.query_params) - names)
+    if unknown:
+        shown = ", ".join(repr(name[:_NAME_ECHO_LIMIT]) for name in unknown[:10])
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        known = ", ".join(sorted(names)) or "none"
+        raise unprocessable(f"unknown query parameter {shown}{more}; this endpoint takes: {known}")
+
+
 def unprocessable(message: str) -> HTTPException:
     return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, message)
 
@@ -303,3 +328,6 @@ def trajectory_job_dependency(settings: Settings, *, with_sigmas: bool = False) 
         return job
 
     return trajectory_job
+
+
+NoUnknownQuery = Depends(refuse_unknown_query)

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from fastapi.responses import FileResponse, HTMLResponse
 
-from service.api.deps import EngineDep, TelemetryDep, trajectory_job_dependency
+from service.api.deps import EngineDep, NoUnknownQuery, TelemetryDep, trajectory_job_dependency
 from service.api.routes.sampling import ERRORS, run
 from service.config import Settings
 from service.inference import SamplingJob, SamplingResult
@@ -54,7 +54,13 @@ def create_router(settings: Settings) -> APIRouter:
         **ERRORS,
     }
 
-    @router.get("/plot.png", response_class=Response, responses=responses, summary="Figure of a sampling run")
+    @router.get(
+        "/plot.png",
+        response_class=Response,
+        responses=responses,
+        summary="Figure of a sampling run",
+        dependencies=[NoUnknownQuery],
+    )
     async def plot(
         job: PlotJob,
         engine: EngineDep,

@@ -29,6 +29,7 @@ from ctm_core.likelihood import (
 from ctm_core.network import MonotoneNetwork
 from service.api.deps import (
     EngineDep,
+    NoUnknownQuery,
     RegistryDep,
     SettingsDep,
     body_openapi,
@@ -142,7 +143,7 @@ async def _answer(
     return await json_response(payload, values=2 * len(x))
 
 
-router = APIRouter(tags=["likelihood"])
+router = APIRouter(tags=["likelihood"], dependencies=[NoUnknownQuery])
 
 
 @router.post(

@@ -2,11 +2,11 @@
 
 from fastapi import APIRouter, Request, status
 
-from service.api.deps import RegistryDep, SettingsDep, lookup_model
+from service.api.deps import NoUnknownQuery, RegistryDep, SettingsDep, lookup_model
 from service.schemas import ErrorResponse, ModelInfo, ModelList
 from service.telemetry import label_request
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], dependencies=[NoUnknownQuery])
 
 
 @router.get("/models", summary="List loaded models")

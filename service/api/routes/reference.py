@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response,
 
 from service.api.deps import (
     EngineDep,
+    NoUnknownQuery,
     RegistryDep,
     SettingsDep,
     TelemetryDep,
@@ -37,7 +38,7 @@ DENSITY_ERRORS: dict[int | str, dict[str, Any]] = {
 
 def create_router(settings: Settings) -> APIRouter:
     """The reference routes, with this app's sampling limits in /evaluate's parameters."""
-    router = APIRouter()
+    router = APIRouter(dependencies=[NoUnknownQuery])
     SampleJob = Annotated[SamplingJob, Depends(sampling_job_dependency(settings))]
 
     @router.get(

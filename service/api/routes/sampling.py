@@ -4,7 +4,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 
-from service.api.deps import sampling_job_dependency, trajectory_job_dependency
+from service.api.deps import NoUnknownQuery, sampling_job_dependency, trajectory_job_dependency
 from service.api.responses import json_response
 from service.config import Settings
 from service.inference import InferenceEngine, SamplingJob, SamplingResult
@@ -53,7 +53,7 @@ async def run(engine: InferenceEngine, telemetry: Telemetry, job: SamplingJob) -
 
 def create_router(settings: Settings) -> APIRouter:
     """The sampling routes, with this app's request limits in their parameters."""
-    router = APIRouter(tags=["sampling"])
+    router = APIRouter(tags=["sampling"], dependencies=[NoUnknownQuery])
     SampleJob = Annotated[SamplingJob, Depends(sampling_job_dependency(settings, with_sigmas=True))]
     TrajectoryJob = Annotated[SamplingJob, Depends(trajectory_job_dependency(settings, with_sigmas=True))]
 
