@@ -22,6 +22,7 @@ from service.config import Settings
 from service.inference import InferenceEngine, resolve_device, torch_threads_for
 from service.lifecycle import RequestTimeoutMiddleware, checkpoint_poller, document_responses
 from service.limits import RequestSizeMiddleware
+from service.memory import limit_fragmentation, memory_trimmer
 from service.registry import ModelRegistry
 from service.security import APIKeyMiddleware, cors_options
 from service.telemetry import MetricsMiddleware, Telemetry, configure_logging
@@ -41,6 +42,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     registry: ModelRegistry = app.state.registry
     telemetry: Telemetry = app.state.telemetry
     device = resolve_device(settings.device)
+    limit_fragmentation()  # before the sampling threads start (service.memory)
     engine = InferenceEngine(
         device,
         settings.inference_threads,
@@ -63,7 +65,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     log_default_model(settings, registry)
     try:
-        async with checkpoint_poller(app):
+        async with checkpoint_poller(app), memory_trimmer():
             yield
     finally:
         engine.shutdown()
