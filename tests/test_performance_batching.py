@@ -184,7 +184,9 @@ def request_mix() -> list[dict[str, Any]]:
     for i in range(48):
         sampler, steps = [("onestep", 1), ("multistep", 4), ("gamma", 3), ("heun", 2)][i % 4]
         params = {"model": "m", "sampler": sampler, "steps": steps, "n": [1, 3, 64, 200, 17, 1000][i % 6]}
-        params |= {"seed": 1000 + i // 2, "noise": "quantile" if i % 5 == 0 else "random", "gamma": 0.4}
+        params |= {"seed": 1000 + i // 2, "noise": "quantile" if i % 5 == 0 else "random"}
+        if sampler == "gamma":
+            params["gamma"] = 0.4
         mix.append(params)
     return mix
 
