@@ -33,16 +33,21 @@ def _refused_skip(reason: str) -> str | None:
     return f"skipped, but CTM_REQUIRE_ALL_TESTS=1 requires it to run: {reason}"
 
 
+def _fail_refused_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """Turn a skipped report into a failure when CTM_REQUIRE_ALL_TESTS refuses its skip."""
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    message = _refused_skip(reason)
+    if message is not None:
+        report.outcome = "failed"
+        report.longrepr = message
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
     report = yield
     if report.skipped and not hasattr(report, "wasxfail"):
-        longrepr = report.longrepr
-        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
-        message = _refused_skip(reason)
-        if message is not None:
-            report.outcome = "failed"
-            report.longrepr = message
+        _fail_refused_skip(report)
     return report
 
 
@@ -51,12 +56,7 @@ def pytest_make_collect_report(collector: pytest.Collector) -> pytest.CollectRep
     """A whole module skipped at import (pytest.importorskip, allow_module_level) counts too."""
     report = yield
     if report.skipped:
-        longrepr = report.longrepr
-        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
-        message = _refused_skip(reason)
-        if message is not None:
-            report.outcome = "failed"
-            report.longrepr = message
+        _fail_refused_skip(report)
     return report
 
 
