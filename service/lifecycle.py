@@ -16,7 +16,7 @@ import contextlib
 import logging
 import math
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any
 
 import anyio
@@ -121,8 +121,15 @@ async def checkpoint_poller(app: FastAPI) -> AsyncIterator[None]:
     if not interval:
         yield
         return
-    task = asyncio.create_task(_poll(app, interval), name="ctm-checkpoint-poller")
     logger.info("checkpoint poller started interval_s=%g", interval)
+    async with in_background(_poll(app, interval), name="ctm-checkpoint-poller"):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def in_background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """While open, run `work` as a task; cancel it and wait for it on the way out."""
+    task = asyncio.create_task(work, name=name)
     try:
         yield
     finally:

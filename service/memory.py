@@ -22,6 +22,8 @@ from collections.abc import AsyncIterator
 
 import anyio.to_thread
 
+from service.lifecycle import in_background
+
 logger = logging.getLogger(__name__)
 
 TRIM_EVERY_S = 60.0
@@ -72,10 +74,5 @@ async def memory_trimmer(interval: float = TRIM_EVERY_S) -> AsyncIterator[None]:
     if _glibc() is None:
         yield
         return
-    task = asyncio.create_task(_trim_forever(interval), name="ctm-malloc-trim")
-    try:
+    async with in_background(_trim_forever(interval), name="ctm-malloc-trim"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
