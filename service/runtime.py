@@ -28,11 +28,12 @@ rearranged for serving (docs/PERFORMANCE.md):
 
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -48,7 +49,10 @@ BLOCK_ROWS = 2048
 # (with oneDNN, 1,008 rows take 0.61 ms on one thread and 0.70–0.74 ms shared by two, which wake
 # each other; docs/PERFORMANCE.md).
 PARALLEL_MIN_ROWS = 2048
-_CACHE_SIZE = 1024  # noise levels (and (t, s) pairs) kept per model: a K-step schedule uses K
+# Noise levels (and (t, s) pairs) kept per model, least recently used first out: the longest default
+# schedule (euler, 256 steps) fits with room, and requests with arbitrary `sigmas` cannot grow
+# memory (1,024 entries a model held 3.3 MB, refilled after each emptying: the soak's early rise).
+CACHE_ENTRIES = 320
 
 
 def aligned(rows: int) -> int:
@@ -180,8 +184,8 @@ class FoldedCTM:
         ]
         self.w_out = last[0].contiguous()
         self.b_out = float(last_bias[0])
-        self._scaling_cache: dict[float, tuple[float, float, float]] = {}
-        self._bias_cache: dict[tuple[float, float], torch.Tensor] = {}
+        self._scaling_cache: LevelCache[float, tuple[float, float, float]] = LevelCache()
+        self._bias_cache: LevelCache[tuple[float, float], torch.Tensor] = LevelCache()
 
     def jump(self, x: torch.Tensor, t: torch.Tensor | float, s: torch.Tensor | float) -> torch.Tensor:
         """G(x, t, s) = (s/t)·x + (1 − s/t)·g(x, t, s), shape (n,) (Kim et al. 2023, eq. 7)."""
@@ -241,7 +245,7 @@ class FoldedCTM:
             c_skip, c_out, c_in = (float(v) for v in edm_scalings(torch.tensor([t]), self.sigma_data))
             return c_skip, c_out, c_in
 
-        return _cached(self._scaling_cache, t, make)
+        return self._scaling_cache.get(t, make)
 
     def _first_bias(self, t: float, s: float) -> torch.Tensor:
         """The first layer's bias plus its weights on the embeddings of c_noise(t) and c_noise(s), cached."""
@@ -252,7 +256,7 @@ class FoldedCTM:
                 e_s = self.embed(c_noise(torch.tensor([s], device=self.device)))[0]
                 return self.b_first + self.w_t @ e_t + self.w_s @ e_s
 
-        return _cached(self._bias_cache, (t, s), make)
+        return self._bias_cache.get((t, s), make)
 
 
 @dataclass(frozen=True)
@@ -287,7 +291,7 @@ class FoldedMonotone:
         self.sigma_data = model.sigma_data
         self.data_mean = model.data_mean
         self.device = net.head.weight.device
-        self._fold_cache: dict[tuple[float, float], _MonotoneFold] = {}
+        self._fold_cache: LevelCache[tuple[float, float], _MonotoneFold] = LevelCache()
 
     def jump(self, x: torch.Tensor, t: torch.Tensor | float, s: torch.Tensor | float) -> torch.Tensor:
         """G(x, t, s) = (s/t)·x + (1 − s/t)·g(x, t, s), shape (n,) (Kim et al. 2023, eq. 7)."""
@@ -346,7 +350,7 @@ class FoldedMonotone:
                     amplitude=co.amplitude[0].contiguous(),
                 )
 
-        return _cached(self._fold_cache, (t, s), make)
+        return self._fold_cache.get((t, s), make)
 
 
 class Runtime(Protocol):
@@ -392,15 +396,31 @@ _K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
 
 
-def _cached(cache: dict[_K, _V], key: _K, make: Callable[[], _V]) -> _V:
-    """cache[key], made on a miss; the cache is emptied when it holds _CACHE_SIZE entries."""
-    value = cache.get(key)
-    if value is None:
+class LevelCache(Generic[_K, _V]):
+    """Values made per noise level, at most `entries` of them, the least recently used dropped first;
+    safe to share between the threads that run batches."""
+
+    def __init__(self, entries: int = CACHE_ENTRIES) -> None:
+        self.entries = entries
+        self._values: OrderedDict[_K, _V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: _K, make: Callable[[], _V]) -> _V:
+        """The value at `key`, made (outside the lock) on a miss."""
+        with self._lock:
+            value = self._values.get(key)
+            if value is not None:
+                self._values.move_to_end(key)
+                return value
         value = make()
-        if len(cache) >= _CACHE_SIZE:
-            cache.clear()
-        cache[key] = value
-    return value
+        with self._lock:
+            self._values[key] = value
+            if len(self._values) > self.entries:
+                self._values.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._values)
 
 
 def _onednn_linear_works() -> bool:

@@ -1,7 +1,7 @@
 """service.runtime: the folded CTM runtime matches the eager model, and a row's value ignores its batch."""
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,9 +16,11 @@ from ctm_core.machine import usable_cpus
 from ctm_core.parametrization import CTMParametrization
 from service.runtime import (
     BLOCK_ROWS,
+    CACHE_ENTRIES,
     ROW_ALIGN,
     ROWS,
     FoldedCTM,
+    LevelCache,
     Runtimes,
     aligned,
     batch_invariant,
@@ -113,6 +115,39 @@ def test_a_row_does_not_depend_on_the_rows_beside_it(
 class _Doubler(nn.Module):
     def forward(self, x_in: torch.Tensor, noise_t: torch.Tensor, noise_s: torch.Tensor) -> torch.Tensor:
         return 2 * x_in
+
+
+def test_level_cache_keeps_the_recently_used_and_no_more() -> None:
+    made: list[int] = []
+
+    def maker(key: int) -> Callable[[], int]:
+        def make() -> int:
+            made.append(key)
+            return key * 10
+
+        return make
+
+    cache: LevelCache[int, int] = LevelCache(entries=3)
+    assert [cache.get(k, maker(k)) for k in (1, 2, 3)] == [10, 20, 30]
+    assert cache.get(1, maker(1)) == 10  # a hit: 1 is now the most recently used
+    cache.get(4, maker(4))  # drops 2, the least recently used
+    assert len(cache) == 3
+    cache.get(1, maker(1))
+    cache.get(2, maker(2))
+    assert made == [1, 2, 3, 4, 2]
+
+
+def test_arbitrary_levels_keep_the_caches_bounded(model: CTMParametrization) -> None:
+    """Requests with their own `sigmas` visit endless (t, s) pairs: memory must not follow them."""
+    runtime = FoldedCTM(model)
+    x = torch.linspace(-3, 3, 40)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(CACHE_ENTRIES + 50):
+        t, s = sorted(torch.rand(2, generator=generator).mul(10).add(0.002).tolist(), reverse=True)
+        runtime.jump(x, t, s)
+    assert len(runtime._bias_cache) == CACHE_ENTRIES
+    assert len(runtime._scaling_cache) == CACHE_ENTRIES
+    torch.testing.assert_close(runtime.jump(x, t, s), model(x, torch.full_like(x, t), torch.full_like(x, s)))
 
 
 def test_other_networks_run_eagerly_and_unbatched(model: CTMParametrization) -> None:

@@ -226,13 +226,9 @@ async def test_level_limits_follow_the_settings(checkpoint_dir: Path) -> None:
         assert "7 levels; at most 6" in too_many.json()["detail"]
         # /trajectory's size limit counts the levels given, not `steps` (1 here): 20 × 5 fits, 20 × 6 not.
         five = [10.0, 1.0, 0.1, 0.01, 0.002]
-        fits = await client.get(
-            "/trajectory", params={"sampler": "euler", "n": 20, "sigmas": five}
-        )
+        fits = await client.get("/trajectory", params={"sampler": "euler", "n": 20, "sigmas": five})
         assert fits.status_code == 200 and len(fits.json()["paths"][0]) == 5
-        over = await client.get(
-            "/trajectory", params={"sampler": "euler", "n": 20, "sigmas": six}
-        )
+        over = await client.get("/trajectory", params={"sampler": "euler", "n": 20, "sigmas": six})
         assert over.status_code == 422
         assert "20 × 6 = 120 values exceeds the limit of 100" in over.json()["detail"]
 
