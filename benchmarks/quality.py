@@ -22,6 +22,7 @@ import torch
 
 from ctm_core import train as train_cli
 from ctm_core.checkpoint import CheckpointError, load_checkpoint
+from ctm_core.cli import HelpFormatter, UsageError
 from ctm_core.config import NoiseConfig
 from ctm_core.evaluation import EvalSpec, evaluate
 from ctm_core.machine import cpu_name, usable_cpus
@@ -181,10 +182,7 @@ def retrain(task_name: str, mode: str, overrides: list[str], threads: int) -> Mo
     argv = ["--task", task_name, "--mode", mode, "--threads", str(threads), "--eval-n", "0", "--no-progress"]
     for item in overrides:
         argv += ["--set", item]
-    try:
-        config = train_cli.config_from_args(train_cli.build_parser().parse_args(argv))
-    except train_cli.UsageError as exc:
-        raise UsageError(str(exc)) from None
+    config = train_cli.config_from_args(train_cli.build_parser().parse_args(argv))
     task, _, _ = train_cli.load_task(config)
     config = noise_for(config, task)
     trainer = Trainer(config, task.sample, train_cli.resolve_device(config.device), progress=False)
@@ -372,24 +370,11 @@ def machine_line(threads: int) -> str:
 
 
 # ---- the command line -----------------------------------------------------------------------
-class UsageError(Exception):
-    """A problem with the command line or its inputs: one line, exit code 2."""
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a default only where there is one to show."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, [], argparse.SUPPRESS):
-            return action.help
-        return super()._get_help_string(action)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.quality",
         description=__doc__,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--checkpoints",

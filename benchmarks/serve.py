@@ -345,7 +345,15 @@ def measure_limit(model: Any, case: Case, seconds: float, min_requests: int, dev
     from service.inference import SamplingJob, run_job
 
     def job(seed: int) -> Any:
-        return SamplingJob(model, case.sampler, case.steps, case.n, seed, "random", 0.5)  # type: ignore[arg-type]
+        return SamplingJob(
+            model=model,
+            sampler=case.sampler,
+            steps=case.steps,
+            n=case.n,
+            seed=seed,
+            noise="random",
+            gamma=0.5,
+        )  # type: ignore[arg-type]
 
     run_job(job(0), device)
     latencies: list[float] = []

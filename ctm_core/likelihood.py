@@ -10,14 +10,19 @@ exact up to the ODE solver's error (Runge–Kutta 4 on a Karras grid; see docs/R
 import itertools
 import math
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 
 from ctm_core.config import NoiseConfig
+from ctm_core.network import MonotoneNetwork
+from ctm_core.parametrization import CTMParametrization
+from ctm_core.runtime import Runtime
 from ctm_core.samplers import Denoiser, Jumper
 from ctm_core.schedules import karras_sigmas
 
 Prior = Callable[[torch.Tensor], torch.Tensor]
+DensityName = Literal["onestep", "ode"]
 
 # Runge–Kutta 4 steps of the served PF-ODE density: 3e-5 nats from the exact Gaussian density
 # (docs/RESULTS.md, "Exact likelihood").
@@ -141,3 +146,33 @@ def onestep_log_prob(
     with torch.no_grad():
         logp = gaussian_log_prob(z.double(), mean, std) - slope.double().log()
         return torch.where(outside, torch.tensor(-math.inf, dtype=torch.float64), logp)
+
+
+def has_onestep_density(model: CTMParametrization) -> bool:
+    """Whether the one-step map G(·, σ_max, σ_min) can be inverted: its network is monotone in x."""
+    return isinstance(model.net, MonotoneNetwork)
+
+
+def density_log_prob(
+    model: CTMParametrization,
+    y: torch.Tensor,
+    noise: NoiseConfig,
+    density: DensityName,
+    evaluator: Runtime | None = None,
+) -> torch.Tensor:
+    """log p(y) of a trained model, float64: density "onestep", the one-step sampler's law
+    (`onestep_log_prob`); "ode", the PF-ODE's law of its denoiser (`ode_log_prob`, ODE_STEPS
+    steps). `evaluator` runs the network's jump and denoise instead of `model` (e.g. a wrapper
+    that can stop the work); ValueError for an unknown density, or "onestep" of a model without one.
+    """
+    network = model if evaluator is None else evaluator
+    if density == "onestep":
+        if not has_onestep_density(model):
+            raise ValueError(
+                "this model has no onestep density: its network is not monotone in x, so its "
+                "one-step map cannot be inverted; use the ode density"
+            )
+        return onestep_log_prob(network, y, noise)
+    if density == "ode":
+        return ode_log_prob(network, y, noise, steps=ODE_STEPS)
+    raise ValueError(f"unknown density {density!r}; choose 'onestep' or 'ode'")

@@ -2,7 +2,7 @@
 
 Threads, chosen by measurement (docs/PERFORMANCE.md): `inference_threads` batches run at once per
 process; the rows of each are shared out to the runtime's `torch_threads` threads
-(`service.runtime.ROWS`, shared by the batches of the process), every PyTorch op single-threaded,
+(`ctm_core.runtime.ROWS`, shared by the batches of the process), every PyTorch op single-threaded,
 so that one large job uses every CPU the worker process owns and two large jobs share them.
 PyTorch releases the GIL inside its kernels, so the event loop keeps answering (e.g. /healthz)
 while a large job runs.
@@ -11,13 +11,12 @@ Jobs that wait for the executor together and share model, sampler, steps, γ and
 levels (if any) run as one batch (`service.batching`): their latents are concatenated, the network
 runs once per step on all of them, and each job gets its own columns back. Every job's latent and
 γ-noise come from its own seeded generator, in the order `ctm_core.samplers.generate` draws them,
-and the runtime computes a row the same way whatever else is in the batch (`service.runtime`), so
+and the runtime computes a row the same way whatever else is in the batch (`ctm_core.runtime`), so
 a request gives the same samples alone, batched, or under any load. The network is the folded
-runtime built from the checkpoint's weights (`service.runtime`), under `torch.inference_mode`.
+runtime built from the checkpoint's weights (`ctm_core.runtime`), under `torch.inference_mode`.
 """
 
 import asyncio
-import functools
 import logging
 import threading
 import time
@@ -26,48 +25,26 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import numpy as np
 import torch
 
-from ctm_core.config import NoiseConfig
 from ctm_core.machine import usable_cpus
-from ctm_core.samplers import (
-    NoiseMode,
-    SamplerName,
-    SamplerSpec,
-    check_steps,
-    explicit_sigmas,
-    latent,
-    nfe_of,
-    sampling_sigmas,
-)
-from ctm_core.seeding import seeded_generator
+from ctm_core.runtime import ROWS, Runtimes
+from ctm_core.samplers import nfe_of
+from ctm_core.sampling import SampledTrajectory, SampleRequest, batch_key, run_requests
 from service.batching import Batcher
 from service.config import DeviceName, Settings
 from service.registry import LoadedModel
-from service.runtime import ROWS, Runtimes, aligned
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class SamplingJob:
-    """One validated sampling request, with its model already looked up.
-
-    `sigmas`: explicit noise levels from σ_max down to σ_min (then steps = len(sigmas) − 1), used
-    instead of the model's schedule; None: `steps` steps of the schedule.
-    """
+@dataclass(frozen=True, kw_only=True)
+class SamplingJob(SampleRequest):
+    """One checked sampling request (`ctm_core.sampling.sample_request`), with its model looked up."""
 
     model: LoadedModel
-    sampler: SamplerName
-    steps: int
-    n: int
-    seed: int
-    noise: NoiseMode
-    gamma: float
-    sigmas: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -80,23 +57,10 @@ class _Pending:
 
 
 @dataclass(frozen=True)
-class SamplingResult:
-    """The trajectory of a job: sigmas (K + 1,) float64 and states (K + 1, n) float32, on the CPU."""
+class SamplingResult(SampledTrajectory):
+    """A job's trajectory (`ctm_core.sampling.SampledTrajectory`), with the job it answers."""
 
     job: SamplingJob
-    nfe: int
-    sigmas: np.ndarray
-    states: np.ndarray
-
-    @property
-    def samples(self) -> np.ndarray:
-        """The final states, shape (n,)."""
-        return self.states[-1]
-
-    @property
-    def paths(self) -> np.ndarray:
-        """One row of K + 1 states per sample, shape (n, K + 1), C-contiguous."""
-        return np.ascontiguousarray(self.states.T)
 
 
 class Stopped(Exception):
@@ -139,7 +103,7 @@ def resolve_device(name: DeviceName) -> torch.device:
 def torch_threads_for(settings: Settings) -> int:
     """Threads that share out a batch's rows: the setting, or the CPUs we may use split over workers.
 
-    Concurrent batches of one process share these threads (`service.runtime.ROWS`).
+    Concurrent batches of one process share these threads (`ctm_core.runtime.ROWS`).
     """
     if settings.torch_threads:
         return settings.torch_threads
@@ -163,81 +127,17 @@ MAX_BATCH_ROWS = 16384
 RUNTIMES = Runtimes()
 
 
-class RowNoise:
-    """γ-sampling's fresh noise for a batch: each job's rows from its own generator, in its order."""
-
-    def __init__(self, generators: Sequence[torch.Generator], sizes: Sequence[int], padding: int) -> None:
-        self.generators = generators
-        self.sizes = sizes
-        self.padding = padding
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        # The draw `generate` makes for a job of n rows: torch.randn((n,), generator=its generator).
-        pairs = zip(self.generators, self.sizes, strict=True)
-        parts = [torch.randn((n,), generator=g, dtype=x.dtype) for g, n in pairs]
-        if self.padding:
-            parts.append(torch.zeros(self.padding, dtype=x.dtype))
-        return torch.cat(parts).to(x.device)
-
-
-def check_job(job: SamplingJob) -> SamplerSpec:
-    """The job's sampler, once its steps suit it (`ctm_core.samplers.check_steps`); ValueError if not."""
-    if job.sigmas is not None and len(job.sigmas) != job.steps + 1:
-        raise ValueError(f"{len(job.sigmas)} sigmas do not make steps={job.steps} (they make steps + 1)")
-    return check_steps(job.sampler, job.steps, from_sigmas=job.sigmas is not None)
-
-
-@functools.lru_cache(maxsize=256)
-def schedule(sampler: str, steps: int, noise: NoiseConfig) -> torch.Tensor:
-    """`sampling_sigmas`, cached: a few schedules serve every request (callers must not modify it)."""
-    return sampling_sigmas(sampler, steps, **noise.schedule_kwargs())
-
-
-def job_sigmas(job: SamplingJob) -> torch.Tensor:
-    """The levels a job visits: its explicit sigmas (checked by `explicit_sigmas`, ValueError if
-    they break its rules), else the model's cached schedule (callers must not modify it)."""
-    noise = job.model.checkpoint.noise
-    if job.sigmas is None:
-        return schedule(job.sampler, job.steps, noise)
-    return explicit_sigmas(job.sigmas, sigma_min=noise.sigma_min, sigma_max=noise.sigma_max)
-
-
-@torch.inference_mode()
 def run_batch(
     jobs: Sequence[SamplingJob], device: torch.device, stop: Callable[[], bool] = bool
 ) -> list[SamplingResult]:
-    """Run jobs that share model, sampler, steps, γ and sigmas as one sampler call; one result per job.
-
-    Each job's latent x_T and γ-noise come from its own generator seeded with its seed, drawn as
-    `ctm_core.samplers.generate` draws them; rows are padded to the runtime's alignment.
-    """
-    first = jobs[0]
-    spec = check_job(first)
-    kwargs = first.model.checkpoint.noise.sampling_kwargs()
-    runtime, _ = RUNTIMES.get(first.model.network)
-    generators = [seeded_generator(job.seed) for job in jobs]
-    sizes = [job.n for job in jobs]
-    rows = sum(sizes)
-    padding = aligned(rows) - rows
-    parts = [
-        latent(job.n, kwargs["data_mean"], kwargs["prior_std"], job.noise, generator)
-        for job, generator in zip(jobs, generators, strict=True)
+    """Run jobs that share model, sampler, steps, γ and sigmas as one sampler call on the model's
+    runtime (`ctm_core.sampling.run_requests`); one result per job. Raises `Stopped` once `stop()`."""
+    model = jobs[0].model
+    runtime, _ = RUNTIMES.get(model.network)
+    paths = run_requests(Stoppable(runtime, stop), model.checkpoint.noise, jobs, device)
+    return [
+        SamplingResult(path.sigmas, path.states, path.nfe, job) for path, job in zip(paths, jobs, strict=True)
     ]
-    if padding:
-        parts.append(torch.zeros(padding))
-    x = (torch.cat(parts) if len(parts) > 1 else parts[0]).to(device)
-    sigmas = job_sigmas(first)
-    row_noise = RowNoise(generators, sizes, padding) if spec.stochastic else None
-    watched = Stoppable(runtime, stop)
-    trajectory = spec.fn(watched, x, sigmas, gamma=first.gamma, noise_sampler=row_noise)
-    states = trajectory.states.cpu().numpy()
-    sigmas_np = trajectory.sigmas.cpu().numpy().copy()  # not a view of the cached schedule
-    results = []
-    start = 0
-    for job in jobs:
-        results.append(SamplingResult(job, trajectory.nfe, sigmas_np, states[:, start : start + job.n]))
-        start += job.n
-    return results
 
 
 def run_job(job: SamplingJob, device: torch.device, stop: Callable[[], bool] = bool) -> SamplingResult:
@@ -286,7 +186,7 @@ class InferenceEngine:
         if not RUNTIMES.known(job.model.network):
             return None
         # id(): the waiting jobs hold their models, so no two live models share an id.
-        return (id(job.model), job.sampler, job.steps, job.gamma, job.sigmas)
+        return (id(job.model), *batch_key(job))
 
     def _run(self, batch: list[_Pending]) -> list[SamplingResult]:
         jobs = [pending.job for pending in batch]

@@ -1,4 +1,4 @@
-"""service.runtime.FoldedMonotone: the folded runtime of a `MonotoneNetwork` matches the eager model,
+"""ctm_core.runtime.FoldedMonotone: the folded runtime of a `MonotoneNetwork` matches the eager model,
 keeps its guarantees (G(x, t, t) = x, non-decreasing in x), and a row's value ignores its batch."""
 
 import os
@@ -11,7 +11,7 @@ from ctm_core.checkpoint import build_model
 from ctm_core.config import NetworkConfig
 from ctm_core.network import MonotoneNetwork
 from ctm_core.parametrization import CTMParametrization
-from service.runtime import ROWS, FoldedMonotone, Runtimes
+from ctm_core.runtime import ROWS, FoldedMonotone, Runtimes
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 # Noise levels from σ_min to σ_max, each with targets from σ_min to itself (s = t included).

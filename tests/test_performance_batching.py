@@ -135,8 +135,14 @@ def test_a_batch_gives_each_job_its_own_samples(model: LoadedModel, sampler: str
     sizes = [1, 7, 16, 250, 1, 33]
     jobs = [
         SamplingJob(
-            model, sampler, steps, n, seed=100 + i, noise="quantile" if i == 3 else "random", gamma=0.3
-        )  # type: ignore[arg-type]
+            model=model,
+            sampler=sampler,  # type: ignore[arg-type]
+            steps=steps,
+            n=n,
+            seed=100 + i,
+            noise="quantile" if i == 3 else "random",
+            gamma=0.3,
+        )
         for i, n in enumerate(sizes)
     ]
     batched = run_batch(jobs, CPU)
@@ -233,17 +239,24 @@ async def test_a_lone_small_job_runs_inline_and_concurrent_ones_go_to_the_pool(
     engine = inference.InferenceEngine(CPU, inference_threads=1, torch_threads=1)
     loop_thread = threading.get_ident()
     try:
-        small = SamplingJob(model, "multistep", 4, 1000, seed=1, noise="random", gamma=0.0)
+        small = SamplingJob(
+            model=model, sampler="multistep", steps=4, n=1000, seed=1, noise="random", gamma=0.0
+        )
         result = await engine.sample(small)  # 4,000 row-evaluations ≤ INLINE_MAX_ROW_EVALS
         assert threads == [loop_thread]
         np.testing.assert_array_equal(result.states, run_job(small, CPU).states)
 
-        large = SamplingJob(model, "multistep", 4, 1100, seed=1, noise="random", gamma=0.0)
+        large = SamplingJob(
+            model=model, sampler="multistep", steps=4, n=1100, seed=1, noise="random", gamma=0.0
+        )
         await engine.sample(large)
         assert threads[-1] != loop_thread
 
         threads.clear()
-        together = [SamplingJob(model, "onestep", 1, 10, seed=s, noise="random", gamma=0.0) for s in range(4)]
+        together = [
+            SamplingJob(model=model, sampler="onestep", steps=1, n=10, seed=s, noise="random", gamma=0.0)
+            for s in range(4)
+        ]
         results = await asyncio.gather(*(engine.sample(job) for job in together))
         assert threads and loop_thread not in threads  # arriving together, none is alone
         for job, got in zip(together, results, strict=True):

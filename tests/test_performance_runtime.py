@@ -1,4 +1,4 @@
-"""service.runtime: the folded CTM runtime matches the eager model, and a row's value ignores its batch."""
+"""ctm_core.runtime: the folded CTM runtime matches the eager model, and a row's value ignores its batch."""
 
 import os
 from collections.abc import Callable, Iterator
@@ -9,12 +9,12 @@ import torch
 from test_monotone_runtime import randomised_model
 from torch import nn
 
-import service.runtime
+import ctm_core.runtime
 from ctm_core.checkpoint import build_model
 from ctm_core.config import NetworkConfig
 from ctm_core.machine import usable_cpus
 from ctm_core.parametrization import CTMParametrization
-from service.runtime import (
+from ctm_core.runtime import (
     BLOCK_ROWS,
     CACHE_ENTRIES,
     ROW_ALIGN,
@@ -55,13 +55,13 @@ def test_aligned() -> None:
 @pytest.fixture(params=["onednn", "addmm"])
 def matmul(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Each path of the hidden layers' matrix products: oneDNN's linear, and BLAS addmm."""
-    monkeypatch.setattr(service.runtime, "_ONEDNN_LINEAR", request.param == "onednn")
+    monkeypatch.setattr(ctm_core.runtime, "_ONEDNN_LINEAR", request.param == "onednn")
     return request.param
 
 
 def test_onednn_linear_is_found_on_this_build() -> None:
     # The CPU wheel the project pins ships oneDNN; losing it would halve the runtime's speed.
-    assert service.runtime._ONEDNN_LINEAR is torch.backends.mkldnn.is_available()
+    assert ctm_core.runtime._ONEDNN_LINEAR is torch.backends.mkldnn.is_available()
 
 
 @pytest.mark.parametrize("n", [1, 5, 16, 1000, 5003])

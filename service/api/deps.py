@@ -5,7 +5,6 @@ list of errors); the request limits come from the settings, so the sampling depe
 per app. Rules between parameters answer 422 with one message naming the rule or limit.
 """
 
-import secrets
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
@@ -15,7 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from ctm_core.config import MAX_SEED
-from ctm_core.samplers import DEFAULT_GAMMA, SPECS, NoiseMode, SamplerName, check_steps, explicit_sigmas
+from ctm_core.samplers import DEFAULT_GAMMA, SPECS, NoiseMode, SamplerName
+from ctm_core.sampling import sample_request
 from service.config import Settings
 from service.inference import InferenceEngine, SamplingJob
 from service.limits import check_work
@@ -152,25 +152,6 @@ def parse_sigmas(values: list[str]) -> list[float]:
     return levels
 
 
-def request_sigmas(
-    loaded: LoadedModel, values: list[str], sampler: str, max_levels: int
-) -> tuple[float, ...]:
-    """The explicit noise levels of a request, checked against the model's noise range; 422 with the
-    rule broken (at least 2 levels, strictly decreasing from σ_max to σ_min, at most `max_levels`)."""
-    noise = loaded.checkpoint.noise
-    try:
-        levels = explicit_sigmas(
-            parse_sigmas(values), sigma_min=noise.sigma_min, sigma_max=noise.sigma_max, max_levels=max_levels
-        )
-    except ValueError as exc:
-        raise unprocessable(str(exc)) from None
-    try:
-        check_steps(sampler, len(levels) - 1, from_sigmas=True)
-    except ValueError as exc:
-        raise unprocessable(str(exc)) from None
-    return tuple(levels.tolist())
-
-
 def sampling_job_dependency(
     settings: Settings, *, with_sigmas: bool = False, default_sampler: SamplerName = "onestep"
 ) -> Callable[..., SamplingJob]:
@@ -268,41 +249,32 @@ def sampling_job_dependency(
         noise: NoiseMode,
         sigmas: list[str] | None,
     ) -> SamplingJob:
-        spec = SPECS[sampler]
-        default_steps = min(spec.default_steps, settings.max_steps)  # a server may allow fewer
-        if gamma is not None and not spec.stochastic:
-            raise unprocessable(
-                f"gamma applies to sampler=gamma only; the {sampler} sampler would ignore it: drop it"
-            )
-        if sigmas is not None and steps is not None:
-            raise unprocessable("give either steps or sigmas, not both: the sigmas fix the steps")
-        try:
-            check_steps(sampler, default_steps if steps is None else steps)
-        except ValueError as exc:
-            raise unprocessable(str(exc)) from None
         loaded = lookup_model(request.app.state.registry, model, settings)  # no RegistryDep: see /sample
         label_request(request, model=loaded.name, sampler=sampler)
-        levels = None if sigmas is None else request_sigmas(loaded, sigmas, sampler, max_levels)
-        steps = (default_steps if steps is None else steps) if levels is None else len(levels) - 1
-        nfe = spec.nfe(steps)
+        try:
+            checked = sample_request(
+                loaded.checkpoint.noise,
+                n=n,
+                sampler=sampler,
+                steps=steps,
+                sigmas=None if sigmas is None else parse_sigmas(sigmas),
+                seed=seed,
+                noise=noise,
+                gamma=gamma,
+                max_steps=settings.max_steps,
+                max_levels=max_levels,
+            )
+        except ValueError as exc:
+            raise unprocessable(str(exc)) from None
         check_work(
             n,
-            nfe,
+            SPECS[sampler].nfe(checked.steps),
             settings.max_work,
             rows_name="n",
             evaluations_name="NFE",
             instead="ask for fewer steps (a CTM jump sampler needs one evaluation a step)",
         )
-        return SamplingJob(
-            model=loaded,
-            sampler=sampler,
-            steps=steps,
-            n=n,
-            seed=secrets.randbelow(MAX_SEED + 1) if seed is None else seed,
-            noise=noise,
-            gamma=DEFAULT_GAMMA if gamma is None else gamma,
-            sigmas=levels,
-        )
+        return SamplingJob(model=loaded, **vars(checked))
 
     return sampling_job_with_sigmas if with_sigmas else sampling_job
 

@@ -12,7 +12,7 @@ Two densities, by `sampler`:
 import math
 import threading
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -21,12 +21,12 @@ from pydantic import BaseModel, Field
 
 from ctm_core.likelihood import (
     ODE_STEPS,
+    DensityName,
+    density_log_prob,
+    has_onestep_density,
     ode_evaluations,
-    ode_log_prob,
     onestep_evaluations,
-    onestep_log_prob,
 )
-from ctm_core.network import MonotoneNetwork
 from service.api.deps import (
     EngineDep,
     NoUnknownQuery,
@@ -55,7 +55,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         "sampler, or onestep for a model whose one-step map is not monotone.",
     },
 }
-DensityName = Literal["onestep", "ode"]
 SAMPLER_DESCRIPTION = (
     "Which density: onestep (default), the law of the one-step sampler's samples by the change of "
     "variables through its map G(·, σ_max, σ_min); ode, the law of the probability-flow ODE of the "
@@ -92,12 +91,10 @@ def model_log_prob(
     """log p(x) of the served model (see ctm_core.likelihood): density "onestep", the one-step
     sampler's law by the change of variables through G(·, σ_max, σ_min); "ode", the PF-ODE's law
     of the model's denoiser g(x, t, t). Raises `Stopped` at the first evaluation after `stop()`."""
-    noise = model.checkpoint.noise
-    points = torch.tensor(x, dtype=torch.float32, device=next(model.network.parameters()).device)
-    network = Stoppable(model.network, stop)
-    if density == "onestep":
-        return onestep_log_prob(network, points, noise).cpu().numpy()
-    return ode_log_prob(network, points, noise, steps=ODE_STEPS).cpu().numpy()
+    network = model.network
+    points = torch.tensor(x, dtype=torch.float32, device=next(network.parameters()).device)
+    evaluator = Stoppable(network, stop)
+    return density_log_prob(network, points, model.checkpoint.noise, density, evaluator).cpu().numpy()
 
 
 def check_density_work(points: int, density: DensityName, settings: Settings) -> None:
@@ -116,7 +113,7 @@ def check_density_work(points: int, density: DensityName, settings: Settings) ->
 def check_density(model: LoadedModel, density: DensityName) -> None:
     """422 when the onestep density is asked of a model whose one-step map is not monotone: the
     change of variables needs G non-decreasing in x (`MonotoneNetwork`)."""
-    if density == "onestep" and not isinstance(model.network.net, MonotoneNetwork):
+    if density == "onestep" and not has_onestep_density(model.network):
         raise unprocessable(
             f"model {model.name!r} has no onestep density: its network is not monotone in x, so its "
             "one-step map cannot be inverted; use sampler=ode for the PF-ODE density"
