@@ -155,3 +155,51 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             line += f"{r.get('W1_holdout', float('nan')):>9.4f}"
         lines.append(line)
     return "\n".join(lines)
+
+
+def table_legend(rows: list[dict[str, Any]], user_data: bool = False) -> str:
+    """One line per column of `format_table(rows)`: what it is and its unit.
+
+    `user_data`: the rows measure a model of user data (an EmpiricalTask of the training split), so
+    the reference of qW1, W1, KS and NLL is the training split, not an exact distribution.
+    """
+    reference = "the training split" if user_data else "the task's exact distribution"
+    density = "a Scott's-rule KDE of the training split" if user_data else "the task's exact density"
+    legend = [
+        "columns (every score: lower is better):",
+        "  sampler  network and sampler with its steps (student: the CTM model; teacher: its diffusion "
+        "teacher; exact: the task's exact flow or denoiser)",
+        "  NFE      network evaluations per sample (count)",
+        "  qW1      mean |x_(i) − F⁻¹((i + ½)/n)| over the sorted samples of stratified (quantile) latents, "
+        f"F of {reference} (x units)",
+        f"  W1       Wasserstein-1 distance from samples of random latents to {reference} (x units)",
+        f"  KS       Kolmogorov–Smirnov sup |F_n − F| of the same samples against {reference} (0 to 1)",
+        f"  NLL      −mean log p(x) of the same samples under {density}, nats per sample (log p floored "
+        "at −1000): scores the samples; not the training loss, not the model's own likelihood",
+    ]
+    if any("W1_holdout" in r for r in rows):
+        legend.append(
+            "  W1 hold  two-sample Wasserstein-1 from the same samples to the held-out values, never "
+            "trained on (x units)"
+        )
+    return "\n".join(legend)
+
+
+def format_report(rows: list[dict[str, Any]], user_data: bool = False) -> str:
+    """The evaluation table with its column legend below it, for the training report."""
+    return f"{format_table(rows)}\n{table_legend(rows, user_data)}"
+
+
+def format_heldout_likelihood(likelihood: dict[str, Any], count: int) -> str:
+    """The training report's held-out likelihood lines, from `train.heldout_log_likelihood`'s dict
+    ("model", "density", "kde") and the number of held-out values it averaged over."""
+    how = {
+        "onestep": "the one-step sampler's own density, by the change of variables of its map",
+        "ode": "the PF-ODE's density, by the instantaneous change of variables (RK4)",
+    }.get(str(likelihood["density"]), str(likelihood["density"]))
+    return (
+        f"held-out mean log-likelihood ({count:,} values never trained on; nats per value, higher is "
+        f"better): model {likelihood['model']:.4f} ({likelihood['density']} density), "
+        f"gaussian_kde (Scott) of the training split {likelihood['kde']:.4f}\n"
+        f"  model: mean log p(x) of the held-out x under {how}, the density /logprob serves by default"
+    )

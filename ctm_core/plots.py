@@ -1,4 +1,4 @@
-"""Figures: target density against sampled densities, sample paths from noise to data, losses."""
+"""Figures: samples against the reference (true density, or training histogram), sample paths, losses."""
 
 from pathlib import Path
 
@@ -13,20 +13,40 @@ from matplotlib.figure import Figure
 from ctm_core.config import NoiseConfig
 from ctm_core.parametrization import CTMParametrization
 from ctm_core.samplers import Trajectory, generate
-from ctm_core.tasks import Task
+from ctm_core.tasks import EmpiricalTask, Task
+
+# Legend of the reference drawn over the samples: a built-in task's density, or user data's histogram.
+TRUE_DENSITY_LABEL = "true density"
+TRAINING_HISTOGRAM_LABEL = "training data (histogram)"
+DENSITY_BINS = 150
+
+
+def reference_histogram(
+    values: np.ndarray, x_range: tuple[float, float], bins: int = DENSITY_BINS
+) -> tuple[np.ndarray, np.ndarray]:
+    """(edges, heights) of the training values' histogram on the samples' bins, normalised as
+    `ax.hist(density=True)` normalises the samples' (over the values inside x_range)."""
+    heights, edges = np.histogram(values, bins=bins, range=x_range, density=True)
+    return edges, heights
 
 
 def density_figure(task: Task, samples: dict[str, np.ndarray], title: str = "") -> Figure:
-    """Histograms of each sample set over the task's density (a KDE for user data, so labelled)."""
+    """Histograms of each sample set over the reference: the task's exact density, or for user data
+    (an EmpiricalTask) the histogram of the training values on the same bins."""
     values = np.concatenate(list(samples.values()))
     lo, hi = np.quantile(values, [0.001, 0.999])
     pad = 0.1 * (hi - lo)
     grid = np.linspace(lo - pad, hi + pad, 600)
+    x_range = (float(grid[0]), float(grid[-1]))
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, x in samples.items():
-        ax.hist(x, bins=150, range=(grid[0], grid[-1]), density=True, histtype="step", label=label)
-    target = "KDE of the training data" if task.kind == "data" else "true density"
-    ax.plot(grid, task.pdf(grid), "k-", lw=1.5, label=target)
+        ax.hist(x, bins=DENSITY_BINS, range=x_range, density=True, histtype="step", label=label)
+    if isinstance(task, EmpiricalTask):
+        # Not its KDE: Scott's rule over-smooths multimodal data, and a good model would look wrong.
+        edges, heights = reference_histogram(task.values, x_range)
+        ax.stairs(heights, edges, color="k", lw=1.5, label=TRAINING_HISTOGRAM_LABEL)
+    else:
+        ax.plot(grid, task.pdf(grid), "k-", lw=1.5, label=TRUE_DENSITY_LABEL)
     ax.set(xlabel="x", ylabel="density", title=title or task.name)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -29,6 +29,7 @@ from ctm_core.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from ctm_core.cli import HelpFormatter, UsageError, error_message, print_error
 from ctm_core.config import NoiseConfig, TrainConfig, default_config
 from ctm_core.data import DataFileError, data_statistics, load_data_file, split_holdout
 from ctm_core.distributed import (
@@ -42,7 +43,7 @@ from ctm_core.distributed import (
     resolve_amp,
     resolve_backend,
 )
-from ctm_core.evaluation import evaluate, format_table
+from ctm_core.evaluation import evaluate, format_heldout_likelihood, format_report
 from ctm_core.likelihood import ode_log_prob, onestep_log_prob
 from ctm_core.machine import usable_cpus
 from ctm_core.network import MonotoneNetwork
@@ -57,21 +58,8 @@ MMAP_MIN_VALUES = 2**22
 _Result = TypeVar("_Result")
 
 
-class UsageError(Exception):
-    """A problem with the command line or its inputs: reported in one line, exit code 2."""
-
-
 class _SharedFailure(UsageError):
     """A usage error that every rank of a distributed run has agreed on (see `_agreed`)."""
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a flag's default only when there is one worth showing."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False, []) or action.default is argparse.SUPPRESS:
-            return action.help
-        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m ctm_core.train",
         description=__doc__,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     src = p.add_argument_group("what to learn")
     src.add_argument(
@@ -348,16 +336,6 @@ class Runtime:
 _INPUT_ERRORS = (UsageError, DataFileError, CheckpointError, LaunchError, KeyError)
 
 
-def _message(exc: Exception) -> str:
-    return str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
-
-
-def _print_error(exc: Exception) -> None:
-    """One `error:` line on stderr, in one write: the ranks of a run share the stream."""
-    sys.stderr.write(f"error: {_message(exc)}\n")
-    sys.stderr.flush()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -368,14 +346,14 @@ def main(argv: list[str] | None = None) -> int:
         amp = resolve_amp(args.amp, device)
         backend = resolve_backend(args.dist_backend, device) if launch else "none"
     except _INPUT_ERRORS as exc:
-        _print_error(exc)
+        print_error(exc)
         return 2
     with process_group(launch, backend, device) as group:
         try:
             runtime = Runtime(device, amp, group)
             code = _train_all(args, runtime) if args.task == "all" else _train(args, runtime)
         except _INPUT_ERRORS as exc:
-            _print_error(exc)
+            print_error(exc)
             if isinstance(exc, _SharedFailure):
                 # Every rank is failing here: exit together, once each has said why (torchrun
                 # stops the other ranks as soon as one has exited).
@@ -395,7 +373,7 @@ def _agreed(group: Group, prepare: Callable[[], _Result]) -> _Result:
     try:
         result = prepare()
     except _INPUT_ERRORS as exc:
-        error = _message(exc)
+        error = error_message(exc)
     shared = group.first_error(error)
     if shared is not None:
         raise _SharedFailure(shared)
@@ -527,16 +505,12 @@ def _train(args: argparse.Namespace, runtime: Runtime) -> int:
             save(final=True)
             print(f"error: evaluation failed ({exc}); training diverged? saved {out} anyway", file=sys.stderr)
             return 1
-        print(format_table(rows))
+        print(format_report(rows, user_data=config.data is not None))
     if holdout is not None and holdout.size:
         likelihood.update(
             heldout_log_likelihood(trainer.student_eval, config.noise, task, holdout, kde=data.kde)
         )
-        print(
-            f"held-out mean log-likelihood ({holdout.size} values): model {likelihood['model']:.4f} "
-            f"({likelihood['density']} density), "
-            f"gaussian_kde (Scott) {likelihood['kde']:.4f} nats"
-        )
+        print(format_heldout_likelihood(likelihood, holdout.size))
     save(final=True)
     print(f"saved {out}")
     if args.plots is not None:

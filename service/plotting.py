@@ -1,4 +1,4 @@
-"""Figures of one sampling run, as PNG: samples against the reference density, and the sampler's paths.
+"""Figures of one sampling run, as PNG: samples against the reference, and the sampler's paths.
 
 Drawn with matplotlib's object API on the Agg canvas (headless, and no pyplot: pyplot keeps global
 state that is not safe across the inference threads). The page at `/` draws the same two views.
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from service.inference import SamplingResult
-from service.reference import Reference
+from service.reference import HISTOGRAM_LABEL, Reference, histogram_density, w1_label
 
 if TYPE_CHECKING:  # matplotlib is imported by the first figure: it costs the server's start 0.5 s and 45 MB
     from matplotlib.axes import Axes
@@ -65,16 +65,21 @@ def histogram_bins(n: int) -> int:
 def draw_density(
     ax: "Axes", samples: np.ndarray, reference: Reference | None, x_range: tuple[float, float]
 ) -> None:
-    """Histogram of the samples (as a density over all n) and the reference density on top."""
+    """Histogram of the samples (as a density over all n) and the reference on top: the true density
+    of a built-in task, or the histogram of the stored training values on the samples' bins."""
     x = finite(samples)
     lo, hi = x_range
+    values = reference.training_values if reference is not None else None
+    # The samples' bins for both histograms, so that bar heights compare bin by bin.
+    bins = histogram_bins(x.size if x.size or values is None else values.size)
     if x.size:
-        # Weights 1/(n·width): samples outside the view still count in n, so the areas compare.
-        bins = histogram_bins(x.size)
-        weights = np.full(x.size, bins / (x.size * (hi - lo)))
-        style = {"histtype": "stepfilled", "color": _SAMPLES_COLOR, "alpha": 0.45, "label": "samples"}
-        ax.hist(x, bins=bins, range=x_range, weights=weights, **style)
-    if reference is not None:
+        edges, heights = histogram_density(x, bins, x_range)
+        ax.stairs(heights, edges, fill=True, color=_SAMPLES_COLOR, alpha=0.45, label="samples")
+    if values is not None:
+        # Not a KDE: Scott's rule over-smooths multimodal data, and a good model would look wrong.
+        edges, heights = histogram_density(values, bins, x_range)
+        ax.stairs(heights, edges, color=_REFERENCE_COLOR, lw=1.4, label=HISTOGRAM_LABEL)
+    elif reference is not None:
         grid, density = reference.density(lo, hi, 600)
         ax.plot(grid, density, color=_REFERENCE_COLOR, lw=1.6, label=reference.label)
     else:
@@ -102,7 +107,7 @@ def draw_paths(ax: "Axes", sigmas: np.ndarray, paths: np.ndarray, x_range: tuple
     # σ_max at the top: each line comes down from noise to data.
     ax.set_ylim(sigmas.min() / 1.5, sigmas.max() * 1.5)
     ax.set(xlim=paths_range(x_range), xlabel="x", ylabel="noise level σ (log scale)")
-    ax.set_title(f"{len(shown)} of {len(paths)} paths", fontsize=9)
+    ax.set_title(f"{len(shown):,} of {len(paths):,} paths", fontsize=9)
 
 
 def _path_colors(position: np.ndarray) -> np.ndarray:
@@ -152,11 +157,10 @@ def _render_png(
             draw_paths(ax, result.sigmas, result.paths, x_range)
     steps = f"{job.steps} step{'s' * (job.steps != 1)}"
     gamma = f", γ = {job.gamma:g}" if job.sampler == "gamma" else ""
-    target = "training data" if reference is not None and reference.source == "kde" else "task"
-    distance = "" if w1 is None else f" · W1 to the {target} {w1:.4f}"
+    distance = "" if w1 is None or reference is None else f" · {w1_label(reference.source)} {w1:.3g}"
     fig.suptitle(
-        f"{job.model.name} · {job.sampler}{gamma} · {steps} · NFE {result.nfe} · n {job.n} · seed {job.seed}"
-        f"{distance}",
+        f"{job.model.name} · {job.sampler}{gamma} · {steps} · NFE {result.nfe} · n {job.n:,} · "
+        f"seed {job.seed}{distance}",
         fontsize=9,
     )
     fig.tight_layout()

@@ -1,10 +1,11 @@
-"""A model's reference distribution: its task's exact density, or a KDE of stored training values.
+"""A model's reference distribution: its task's exact density, or stored training values.
 
 A model trained on a built-in task (checkpoint metadata `task.name` in `ctm_core.tasks.TASKS`, and
 `task.kind` not "data") is measured against that task's exact density and CDF. A model trained on
 user data carries no training data; when its metadata holds `task.kde_points` (a list of training
-values evenly spaced in rank), the reference is their empirical distribution: a Gaussian KDE for
-the density, the two-sample W1 for distances. Any other model has no reference.
+values evenly spaced in rank), the reference is their empirical distribution (source "kde"): the
+two-sample W1 for distances, their histogram in figures (`histogram_density`, on the samples'
+bins), and a Scott's-rule Gaussian KDE for /models/{name}/density. Any other model has no reference.
 """
 
 import logging
@@ -31,7 +32,17 @@ MAX_KDE_POINTS = 2_000
 # Default grid: the central 99.8% of the reference, widened by this fraction of its width.
 _DEFAULT_RANGE_P = (0.001, 0.999)
 _DEFAULT_RANGE_PAD = 0.15
-_LABELS: dict[ReferenceSource, str] = {"exact": "true density", "kde": "KDE of the training data"}
+# Legend words. The KDE's label names its bandwidth rule: Scott's rule over-smooths multimodal data.
+_LABELS: dict[ReferenceSource, str] = {
+    "exact": "true density",
+    "kde": "KDE of the training data (Scott's rule)",
+}
+HISTOGRAM_LABEL = "training data (histogram)"
+# What W1 is measured against, with the word /evaluate's `reference` uses (the page says the same).
+_W1_LABELS: dict[ReferenceSource, str] = {
+    "exact": "W1 to the task (reference: exact)",
+    "kde": "W1 to the training data (reference: kde)",
+}
 
 
 @dataclass(frozen=True)
@@ -43,8 +54,15 @@ class Reference:
 
     @property
     def label(self) -> str:
-        """What the density is, for legends: "true density" or "KDE of the training data"."""
+        """What `density` is, for legends: "true density" or "KDE of the training data (Scott's rule)"."""
         return _LABELS[self.source]
+
+    @property
+    def training_values(self) -> np.ndarray | None:
+        """The stored training values (sorted float64) of a user-data reference; None for a built-in task."""
+        from ctm_core.tasks import EmpiricalTask
+
+        return self.task.values if isinstance(self.task, EmpiricalTask) else None
 
     def default_range(self) -> tuple[float, float]:
         """An x interval holding the reference's bulk, with a margin on each side."""
@@ -72,6 +90,27 @@ class Reference:
             return w1_to_cdf(samples, self.task)
         except ValueError:  # non-finite samples: no distance to report
             return None
+
+
+def w1_label(source: ReferenceSource) -> str:
+    """What W1 is measured against, for titles: the words a person reads, then /evaluate's word."""
+    return _W1_LABELS[source]
+
+
+def histogram_density(
+    values: np.ndarray, bins: int, x_range: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(edges, heights) of the values' histogram on `bins` equal bins over x_range, as a density.
+
+    Heights are counts / (n · bin width) with n all the finite values, those outside x_range
+    included, so the area over the view is the fraction of values in it and histograms of
+    different sample sizes on the same bins compare. edges: (bins + 1,), heights: (bins,).
+    """
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    counts, edges = np.histogram(x, bins=bins, range=x_range)
+    width = (x_range[1] - x_range[0]) / bins
+    return edges, counts / (max(x.size, 1) * width)
 
 
 def task_metadata(model: LoadedModel) -> dict[str, Any]:

@@ -80,6 +80,13 @@ async def detail(client: httpx.AsyncClient, url: str, params: dict[str, Any], st
     return response.json()["detail"]
 
 
+async def validation_errors(client: httpx.AsyncClient, url: str, params: dict[str, Any]) -> list[Any]:
+    """The `errors` of a 422 for invalid parameters: one item per invalid input."""
+    response = await client.get(url, params=params)
+    assert response.status_code == 422, response.text
+    return response.json()["errors"]
+
+
 # --- the page --------------------------------------------------------------------------------------
 
 
@@ -88,7 +95,8 @@ async def test_page_has_the_controls_and_only_local_assets(client: httpx.AsyncCl
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
     html = response.text
-    for control in ("model", "sampler", "steps", "n", "gamma", "seed", "noise", "sample"):
+    controls = ("model", "sampler", "steps", "n", "gamma", "seed", "noise", "sample")
+    for control in (*controls, "download-samples", "download-paths"):
         assert f'id="{control}"' in html
     for view in ("density", "paths"):
         assert f'<svg id="{view}"' in html
@@ -126,7 +134,8 @@ async def test_density_is_the_exact_task_density(client: httpx.AsyncClient) -> N
 
 async def test_density_of_user_data_is_a_labelled_kde(client: httpx.AsyncClient) -> None:
     body = await get_json(client, "/models/mydata/density", {"lo": -3, "hi": 4, "points": 50})
-    assert (body["source"], body["label"]) == ("kde", "KDE of the training data")
+    # The label names the bandwidth rule: the page and the figures draw the values' histogram instead.
+    assert (body["source"], body["label"]) == ("kde", "KDE of the training data (Scott's rule)")
     x = np.linspace(-3, 4, 50)
     np.testing.assert_allclose(body["density"], stats.gaussian_kde(KDE_POINTS)(x), rtol=1e-9)
     default = await get_json(client, "/models/mydata/density", {"points": 2})
@@ -145,8 +154,8 @@ async def test_density_errors(client: httpx.AsyncClient) -> None:
     assert "both lo and hi" in await detail(client, url, {"lo": 0}, 422)
     assert "both lo and hi" in await detail(client, url, {"hi": 0}, 422)
     for params in ({"lo": "nan", "hi": 1}, {"lo": 0, "hi": "inf"}, {"points": 1}, {"points": 10_001}):
-        errors = await detail(client, url, params, 422)
-        assert isinstance(errors, list) and errors[0]["loc"][0] == "query"
+        errors = await validation_errors(client, url, params)
+        assert errors and errors[0]["loc"][0] == "query"
     assert len((await get_json(client, url, {"points": 10_000}))["x"]) == 10_000
 
 
@@ -174,11 +183,22 @@ async def test_evaluate_measures_the_samples_of_sample(client: httpx.AsyncClient
         assert (body["reference"], body["w1"]) == (None, None)
 
 
+async def test_the_page_reads_the_training_values_from_models(client: httpx.AsyncClient) -> None:
+    # The explorer draws the histogram of /models' task.kde_points: the values /evaluate's W1 uses.
+    listing = await get_json(client, "/models")
+    task = next(m["task"] for m in listing["models"] if m["name"] == "mydata")
+    assert task["kde_points"] == KDE_POINTS.tolist()
+    script = (await client.get("/static/explorer.js")).text
+    assert "kde_points" in script and '"training data (histogram)"' in script
+    for word in ("exact", "kde"):  # /evaluate's words for its reference, shown as they are
+        assert f"(reference: {word})" in script
+
+
 async def test_evaluate_validates_like_sample(client: httpx.AsyncClient) -> None:
     assert "exactly 1 step" in await detail(client, "/evaluate", {"steps": 2}, 422)
     assert "unknown model" in await detail(client, "/evaluate", {"model": "nope"}, 404)
     for params in ({"n": 0}, {"gamma": 1.5}, {"sampler": "rk4"}, {"seed": -1}):
-        assert isinstance(await detail(client, "/evaluate", params, 422), list)
+        assert await validation_errors(client, "/evaluate", params)
 
 
 # --- /plot.png -------------------------------------------------------------------------------------
@@ -210,7 +230,7 @@ async def test_plot_png_validates_like_trajectory(explorer_dir: Path) -> None:
         too_many = await detail(client, "/plot.png", {"sampler": "euler", "steps": 9, "n": 600}, 422)
         assert "CTM_MAX_TRAJECTORY_VALUES" in too_many
         for params in ({"n": 20_001}, {"gamma": 2}, {"view": "both-ish"}, {"noise": "pink"}):
-            assert isinstance(await detail(client, "/plot.png", params, 422), list)
+            assert await validation_errors(client, "/plot.png", params)
 
 
 # --- OpenAPI ---------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 // The explorer page: sample a model through the HTTP API and draw the samples and the sampler's paths.
 // Plain JavaScript and inline SVG, no library. Requests: /models, /models/{name}/density, /trajectory,
-// /evaluate (and a link to /plot.png), all documented in /docs.
+// /evaluate (and a link to /plot.png), all documented in /docs. The CSV downloads are made here.
 "use strict";
 
 const MAX_PATHS = 300; // as /plot.png (service/plotting.py MAX_PLOTTED_PATHS)
@@ -21,11 +21,28 @@ const WIDTH = 640;
 const HEIGHT = 400;
 const MARGIN = { left: 62, right: 18, top: 18, bottom: 48 };
 const VIRIDIS = ["#440154", "#3b528b", "#21918c", "#5ec962", "#fde725"];
+// Numbers as people read them, whatever the browser's language: 1,234.5.
+const NUMBER_LOCALE = "en-US";
+const W1_DIGITS = 3;
+// Labels as service/reference.py: the reference of user data is the histogram of its stored training
+// values (their KDE over-smooths multimodal data), and W1 names /evaluate's word for its reference.
+const TRAINING_HISTOGRAM_LABEL = "training data (histogram)";
+const MAX_TRAINING_VALUES = 2000; // service/reference.py MAX_KDE_POINTS
+const W1_LABELS = {
+  exact: "W1 to the task (reference: exact)",
+  kde: "W1 to the training data (reference: kde)",
+};
+const W1_TITLES = {
+  exact: "Wasserstein-1 distance from these samples to the task's exact distribution (/evaluate)",
+  kde: "Two-sample Wasserstein-1 distance from these samples to the training values stored in the "
+    + "checkpoint (/evaluate)",
+};
 
 const $ = (id) => document.getElementById(id);
 const models = new Map(); // name → ModelInfo from /models
 const densityCache = new Map(); // name@sha256 → default /density answer, or {missing: reason}
 let latestRun = 0;
+let shownRun = null; // {params, trajectory} of the run on display, for the CSV downloads
 
 // --- HTTP ----------------------------------------------------------------------------------------
 
@@ -51,6 +68,34 @@ function describeError(status, body) {
     return detail.map((e) => `${e.loc.filter((l) => l !== "query").join(".")}: ${e.msg}`).join("; ");
   }
   return `the server answered HTTP ${status}`;
+}
+
+// --- numbers for people --------------------------------------------------------------------------
+
+function formatCount(value) {
+  return Number(value).toLocaleString(NUMBER_LOCALE); // 12,000
+}
+
+function formatSignificant(value, digits, trim = false) {
+  // `digits` significant digits: 0.0123, 1.23, 1,230; exponent form below 0.001 and from 10^6.
+  // trim: without trailing zeros (80, not 80.0).
+  if (!Number.isFinite(value)) return String(value);
+  const rounded = Number(value.toPrecision(digits));
+  const magnitude = Math.abs(rounded);
+  if (rounded !== 0 && (magnitude < 1e-3 || magnitude >= 1e6)) {
+    const text = rounded.toExponential(digits - 1);
+    return trim ? text.replace(/\.?0+e/, "e") : text;
+  }
+  const decimals = rounded === 0 ? 0 : Math.max(0, digits - 1 - Math.floor(Math.log10(magnitude)));
+  return rounded.toLocaleString(NUMBER_LOCALE, {
+    minimumFractionDigits: trim ? 0 : decimals,
+    maximumFractionDigits: decimals,
+  });
+}
+
+function formatMilliseconds(ms) {
+  const text = ms.toLocaleString(NUMBER_LOCALE, { minimumFractionDigits: 1, maximumFractionDigits: 1 });
+  return `${text} ms`;
 }
 
 // --- controls ------------------------------------------------------------------------------------
@@ -108,7 +153,8 @@ function showModel() {
   const noise = info.noise;
   const parts = [
     info.description || info.name,
-    `σ from ${noise.sigma_max} down to ${noise.sigma_min} (${noise.schedule} schedule)`,
+    `σ from ${formatSignificant(noise.sigma_max, 4, true)} down to ${formatSignificant(noise.sigma_min, 4, true)}`
+      + ` (${noise.schedule} schedule)`,
   ];
   if (info.training.mode) parts.push(`trained: ${info.training.mode}`);
   $("model-description").textContent = parts.join(" · ");
@@ -154,6 +200,9 @@ async function sample() {
     drawDensity($("density"), samples, trajectory.n, view);
     drawPaths($("paths"), trajectory.sigmas, trajectory.paths, view.range);
     showStats(trajectory, evaluation, latency, params.seed);
+    shownRun = { params, trajectory };
+    $("download-samples").disabled = false;
+    $("download-paths").disabled = false;
     $("png-link").href = `/plot.png?${new URLSearchParams(params)}`;
     // The address reproduces the view, except a seed left to chance stays left to chance.
     const address = new URLSearchParams(params);
@@ -183,19 +232,66 @@ async function referenceFor(info, samples) {
   if (base.missing) return { range: viewRange(samples, null), reference: null, missing: base.missing };
   const baseRange = [base.x[0], base.x[base.x.length - 1]];
   const range = viewRange(samples, baseRange);
-  if (range[0] >= baseRange[0] && range[1] <= baseRange[1]) return { range, reference: base };
+  // User data: its stored training values, drawn as a histogram instead of the KDE curve.
+  const training = base.source === "kde" ? trainingValues(info) : null;
+  if (training || (range[0] >= baseRange[0] && range[1] <= baseRange[1])) {
+    return { range, reference: base, training };
+  }
   // The samples reach beyond the default grid: ask for the density over the whole view.
   const wide = await api(url, { lo: range[0], hi: range[1], points: DENSITY_POINTS });
-  return { range, reference: wide };
+  return { range, reference: wide, training: null };
+}
+
+function trainingValues(info) {
+  // The training values a user-data checkpoint stores (/models: task.kde_points), at most
+  // MAX_TRAINING_VALUES evenly in rank as the server keeps them; null if the listing has none.
+  const raw = info.task && info.task.kde_points;
+  if (!Array.isArray(raw)) return null;
+  const values = Float64Array.from(raw.filter(Number.isFinite)).sort();
+  return values.length >= 2 ? evenly(Array.from(values), MAX_TRAINING_VALUES) : null;
 }
 
 function showStats(trajectory, evaluation, latency, seed) {
-  $("stat-nfe").textContent = String(trajectory.nfe);
-  $("stat-w1-key").textContent =
-    evaluation.reference === "kde" ? "W1 to the training data" : "W1 to the task";
-  $("stat-w1").textContent = evaluation.w1 === null ? "n/a" : evaluation.w1.toFixed(4);
-  $("stat-latency").textContent = `${Math.round(latency)} ms`;
-  $("stat-seed").textContent = seed;
+  $("stat-nfe").textContent = formatCount(trajectory.nfe);
+  // The words of /evaluate's `reference`, so that the page and the API say the same.
+  $("stat-w1-key").textContent = W1_LABELS[evaluation.reference] || "W1 (no reference)";
+  $("stat-w1-key").title = W1_TITLES[evaluation.reference] || "This model has no reference to measure against";
+  $("stat-w1").textContent = evaluation.w1 === null ? "n/a" : formatSignificant(evaluation.w1, W1_DIGITS);
+  $("stat-latency").textContent = formatMilliseconds(latency);
+  $("stat-seed").textContent = seed; // an identifier, shown whole to be copied
+}
+
+// --- CSV downloads -------------------------------------------------------------------------------
+
+function csvNumber(value) {
+  // The shortest text that reads back as the same number; non-finite values (JSON null) as nan.
+  return Number.isFinite(value) ? String(value) : "nan";
+}
+
+function samplesCsv(trajectory) {
+  return `x\n${trajectory.samples.map(csvNumber).join("\n")}\n`;
+}
+
+function pathsCsv(trajectory) {
+  // One row per sample, one column per noise level, from σ_max to σ_min as /trajectory gives them.
+  const header = trajectory.sigmas.map((sigma) => `sigma=${sigma}`).join(",");
+  const rows = trajectory.paths.map((path) => path.map(csvNumber).join(","));
+  return `${header}\n${rows.join("\n")}\n`;
+}
+
+function download(what) {
+  if (!shownRun) return;
+  const { params, trajectory } = shownRun;
+  const text = what === "paths" ? pathsCsv(trajectory) : samplesCsv(trajectory);
+  const name = `${params.model}_${params.sampler}_${trajectory.steps}steps_n${trajectory.n}_seed${params.seed}`;
+  const url = URL.createObjectURL(new Blob([text], { type: "text/csv" }));
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = `${name}_${what}.csv`;
+  document.body.appendChild(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000); // after the download has read it
 }
 
 // --- ranges and scales ---------------------------------------------------------------------------
@@ -335,37 +431,61 @@ function histogramBins(n) {
   return Math.min(120, Math.max(20, Math.round(1.5 * Math.sqrt(n)))); // as service/plotting.py
 }
 
-function drawDensity(svg, samples, n, view) {
-  const [lo, hi] = view.range;
-  const bins = histogramBins(samples.length);
+function histogramHeights(values, total, bins, lo, hi) {
+  // Counts on `bins` equal bins of [lo, hi] over (total · width): values outside the view still
+  // count in total, so the areas compare (service/reference.py histogram_density).
   const width = (hi - lo) / bins;
   const counts = new Float64Array(bins);
-  for (const x of samples) {
+  for (const x of values) {
     const bin = Math.floor((x - lo) / width);
     if (bin >= 0 && bin < bins) counts[bin] += 1;
     else if (x === hi) counts[bins - 1] += 1;
   }
-  // A density over all n samples: ones outside the view still count, so the areas compare.
-  const heights = Array.from(counts, (c) => c / (n * width));
-  const reference = view.reference;
-  const top = Math.max(...heights, ...(reference ? reference.density : [0]), 1e-12) * 1.1;
-  const xScale = linear(lo, hi, MARGIN.left, WIDTH - MARGIN.right);
-  const yScale = linear(0, top, HEIGHT - MARGIN.bottom, MARGIN.top);
-  const layer = frame(svg, niceTicks(lo, hi), niceTicks(0, top, 5), xScale, yScale, "x", "density");
+  return Array.from(counts, (c) => c / (total * width));
+}
 
+function stepPath(heights, lo, hi, xScale, yScale) {
+  // The outline of a histogram, from the baseline at lo to the baseline at hi.
+  const width = (hi - lo) / heights.length;
   let d = `M${xScale(lo)},${yScale(0)}`;
   heights.forEach((h, i) => {
     d += `V${yScale(h).toFixed(2)}H${xScale(lo + (i + 1) * width).toFixed(2)}`;
   });
-  svgEl("path", { class: "hist", d: `${d}V${yScale(0)}Z` }, layer);
+  return `${d}V${yScale(0)}`;
+}
+
+function drawDensity(svg, samples, n, view) {
+  const [lo, hi] = view.range;
+  // One set of bins for the samples and the training values, so that bars compare bin by bin.
+  const bins = histogramBins(samples.length);
+  const heights = histogramHeights(samples, n, bins, lo, hi);
+  const reference = view.reference;
+  const training = view.training ? histogramHeights(view.training, view.training.length, bins, lo, hi) : null;
+  const curve = reference && !training ? reference.density : [0];
+  const top = Math.max(...heights, ...(training || [0]), ...curve, 1e-12) * 1.1;
+  const xScale = linear(lo, hi, MARGIN.left, WIDTH - MARGIN.right);
+  const yScale = linear(0, top, HEIGHT - MARGIN.bottom, MARGIN.top);
+  const layer = frame(svg, niceTicks(lo, hi), niceTicks(0, top, 5), xScale, yScale, "x", "density");
+
+  svgEl("path", { class: "hist", d: `${stepPath(heights, lo, hi, xScale, yScale)}Z` }, layer);
 
   const entries = [
     {
-      label: `samples (n = ${n})`,
+      label: `samples (n = ${formatCount(n)})`,
       draw: (g, x, y) => svgEl("rect", { class: "hist", x, y: y - 6, width: 22, height: 12 }, g),
     },
   ];
-  if (reference) {
+  if (training) {
+    svgEl("path", {
+      class: "reference-density training-histogram",
+      d: stepPath(training, lo, hi, xScale, yScale),
+    }, layer);
+    entries.push({
+      label: TRAINING_HISTOGRAM_LABEL,
+      draw: (g, x, y) => svgEl("path", { class: "reference-density swatch", d: `M${x},${y}h22` }, g),
+    });
+    $("reference-name").textContent = TRAINING_HISTOGRAM_LABEL;
+  } else if (reference) {
     const kind = reference.source === "kde" ? "kde-density" : "true-density";
     const dashed = reference.source === "kde" ? "dashed" : "";
     svgEl("path", {
@@ -433,9 +553,11 @@ function drawPaths(svg, sigmas, paths, dataRange) {
     }, layer);
   }
   const right = WIDTH - MARGIN.right - 6;
-  svgText(svg, right, yScale(sigmaMax) - 5, `σ_max = ${sigmaMax}`, { class: "note", "text-anchor": "end" });
-  svgText(svg, right, yScale(sigmaMin) + 14, `σ_min = ${sigmaMin}`, { class: "note", "text-anchor": "end" });
-  svgText(svg, MARGIN.left + 8, MARGIN.top + 14, `${shown.length} of ${paths.length} paths`, { class: "note" });
+  const note = { class: "note", "text-anchor": "end" };
+  svgText(svg, right, yScale(sigmaMax) - 5, `σ_max = ${formatSignificant(sigmaMax, 4, true)}`, note);
+  svgText(svg, right, yScale(sigmaMin) + 14, `σ_min = ${formatSignificant(sigmaMin, 4, true)}`, note);
+  const count = `${formatCount(shown.length)} of ${formatCount(paths.length)} paths`;
+  svgText(svg, MARGIN.left + 8, MARGIN.top + 14, count, { class: "note" });
 }
 
 // --- start ---------------------------------------------------------------------------------------
@@ -446,6 +568,8 @@ document.addEventListener("DOMContentLoaded", async () => {
     sample();
   });
   $("model").addEventListener("change", showModel);
+  $("download-samples").addEventListener("click", () => download("samples"));
+  $("download-paths").addEventListener("click", () => download("paths"));
   $("sampler").addEventListener("change", () => {
     $("steps").value = String(defaultSteps());
     applySamplerRules();
