@@ -13,6 +13,7 @@
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import signal
@@ -22,10 +23,11 @@ from typing import Any
 import anyio
 import anyio.to_thread
 from fastapi import FastAPI
-from starlette.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.deps import BODY_MODELS
+from service.api.responses import error_response
 from service.registry import ModelRegistry, ReloadReport
 from service.schemas import ErrorResponse
 from service.security import PUBLIC_PATHS, document_access
@@ -78,7 +80,7 @@ class RequestTimeoutMiddleware:
             f"the request did not finish within {self.seconds:g} s (CTM_REQUEST_TIMEOUT_S); "
             "ask for fewer samples or steps, or retry later"
         )
-        response = JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "1"})
+        response = error_response(503, detail, headers={"Retry-After": "1"})
         await response(scope, receive, send)
 
 
@@ -142,7 +144,9 @@ def document_responses(app: FastAPI) -> None:
     """Add what the framework and the middlewares answer to the OpenAPI document.
 
     400 for a body that is not JSON (FastAPI's own answer), 503 on timeout, 401 without the API key,
-    and the schemas of bodies that routes read themselves (`service.api.deps.body_openapi`).
+    the schemas of bodies that routes read themselves (`service.api.deps.body_openapi`), and every
+    422 as the common `ErrorResponse` (FastAPI declares its own list-shaped HTTPValidationError where
+    a route declares none; `service.app.invalid_request` answers the common shape).
     """
     settings = app.state.settings
     build = app.openapi
@@ -152,20 +156,45 @@ def document_responses(app: FastAPI) -> None:
             return app.openapi_schema
         schema = build()
         schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-        schemas.setdefault("ErrorResponse", ErrorResponse.model_json_schema())
-        for name, model in BODY_MODELS.items():
-            schemas.setdefault(name, model.model_json_schema())
+        for model in (ErrorResponse, *BODY_MODELS.values()):
+            _add_schema(schemas, model)
         for path, item in schema.get("paths", {}).items():
             for operation in item.values():
+                responses = operation["responses"]
                 if "requestBody" in operation:
-                    operation["responses"].setdefault("400", BAD_BODY_RESPONSE)
+                    responses.setdefault("400", BAD_BODY_RESPONSE)
                 if settings.request_timeout_s and path not in NO_TIMEOUT_PATHS:
-                    operation["responses"].setdefault("503", TIMEOUT_RESPONSE)
+                    responses.setdefault("503", TIMEOUT_RESPONSE)
+                if _refers_to(responses.get("422"), _FASTAPI_422):
+                    responses["422"] = VALIDATION_RESPONSE
+        if not _refers_to(schema["paths"], _FASTAPI_422):
+            schemas.pop(_FASTAPI_422, None)
+            schemas.pop("ValidationError", None)  # only HTTPValidationError refers to it
         document_access(schema, settings, ADMIN_PATHS)
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+_FASTAPI_422 = "HTTPValidationError"
+VALIDATION_RESPONSE: dict[str, Any] = {
+    "description": "A parameter or the body is not valid; `errors` lists each invalid input.",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+}
+
+
+def _add_schema(schemas: dict[str, Any], model: type[BaseModel]) -> None:
+    """`model`'s JSON schema, and the models it nests, as components (unless already there)."""
+    found = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, nested in found.pop("$defs", {}).items():
+        schemas.setdefault(name, nested)
+    schemas.setdefault(model.__name__, found)
+
+
+def _refers_to(document: Any, component: str) -> bool:
+    """Whether `document` holds a `$ref` to the schema component `component`."""
+    return f'"#/components/schemas/{component}"' in json.dumps(document)
 
 
 @contextlib.contextmanager

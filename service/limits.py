@@ -12,9 +12,9 @@
 """
 
 from fastapi import HTTPException, status
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.responses import error_response
 from service.config import Settings
 
 # A 413 for a body of at most this many times CTM_MAX_BODY_BYTES leaves the connection open, and
@@ -67,7 +67,7 @@ class RequestSizeMiddleware:
             code, detail = refusal
             close = code != status.HTTP_413_CONTENT_TOO_LARGE or self._closes(scope)
             headers = {"Connection": "close"} if close else None
-            response = JSONResponse({"detail": detail}, status_code=code, headers=headers)
+            response = error_response(code, detail, headers=headers)
             await response(scope, receive, send)
             return
         await self.app(scope, self._bounded(receive), send)

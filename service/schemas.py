@@ -7,26 +7,30 @@ from pydantic import BaseModel, Field
 from ctm_core.samplers import NoiseMode, SamplerName
 
 
-class ErrorResponse(BaseModel):
-    """Any error the service raises itself (404, 422 from cross-parameter rules, 503)."""
-
-    detail: str = Field(description="What went wrong and what to do about it.")
-
-
 class ValidationErrorItem(BaseModel):
-    """One entry of FastAPI's list of validation errors."""
+    """One invalid input: where it is, what is wrong with it, and pydantic's name for the error."""
 
-    loc: list[str | int]
-    msg: str
-    type: str
-    input: Any = None
-    ctx: dict[str, Any] | None = None
+    loc: list[str | int] = Field(
+        description="Where: 'query', 'path' or 'body', then the parameter or field and any list index."
+    )
+    msg: str = Field(description="What is wrong, e.g. 'Input should be greater than or equal to 1'.")
+    type: str = Field(description="The error's kind, e.g. 'greater_than_equal', 'json_invalid'.")
 
 
-class ValidationErrorResponse(BaseModel):
-    """422: FastAPI's list of per-parameter errors, or one message for a rule between parameters."""
+class ErrorResponse(BaseModel):
+    """The body of every error answer (4xx and 5xx), whatever raised it."""
 
-    detail: list[ValidationErrorItem] | str
+    detail: str = Field(
+        description="What went wrong and what to do about it, in one sentence; for invalid inputs, each "
+        "parameter named with its error ('n: Input should be greater than or equal to 1; ...')."
+    )
+    errors: list[ValidationErrorItem] = Field(
+        description="One item per invalid input when the request failed validation; empty otherwise."
+    )
+
+
+# The 422 answer has the same shape as every other error (the name stays for the routes' `responses=`).
+ValidationErrorResponse = ErrorResponse
 
 
 class SampleResponse(BaseModel):
@@ -135,9 +139,12 @@ class ReadyResponse(BaseModel):
 
 
 class NotReadyResponse(BaseModel):
+    """/readyz's 503: the probe's status, and the common error shape (`ErrorResponse`)."""
+
     status: Literal["not ready"] = "not ready"
     models: list[str]
     detail: str
+    errors: list[ValidationErrorItem] = Field(default_factory=list, description="Always empty.")
 
 
 class DensityResponse(BaseModel):
@@ -149,7 +156,8 @@ class DensityResponse(BaseModel):
         "stored in the checkpoint (`task.kde_points`), an estimate."
     )
     label: str = Field(
-        description="What the density is, for legends: 'true density' or 'KDE of the training data'."
+        description="What the density is, for legends: 'true density' or "
+        "'KDE of the training data (Scott's rule)'."
     )
     x: list[float] = Field(description="`points` evenly spaced values from lo to hi.")
     density: list[float] = Field(description="The density at each x.")

@@ -14,9 +14,9 @@ from typing import Any
 from fastapi import HTTPException, Request, status
 from pydantic import SecretStr
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.api.responses import error_response
 from service.config import Settings
 
 # Probes answer without the key, so that an orchestrator needs no secret to check the process.
@@ -66,7 +66,7 @@ class APIKeyMiddleware:
             bearer_ok = self.key.matches(bearer_token(headers))
             header_ok = self.key.matches(headers.get(API_KEY_HEADER))
             if not (bearer_ok or header_ok):
-                response = JSONResponse({"detail": _KEY_HELP}, 401, headers=_CHALLENGE)
+                response = error_response(status.HTTP_401_UNAUTHORIZED, _KEY_HELP, headers=_CHALLENGE)
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -51,14 +51,14 @@ def not_a_server_error(response: Any) -> None:
 
 
 def error_has_message(response: Any) -> None:
-    """A 4xx says what was wrong: a non-empty `detail` string, or a list of errors each with a `msg`."""
+    """A 4xx says what was wrong: a non-empty `detail` string, and `errors`, a list of items each with
+    a `msg` (empty unless the request failed validation)."""
     if not 400 <= response.status_code < 500:
         return
-    detail = response.json().get("detail")
-    if isinstance(detail, list):
-        assert detail and all(isinstance(e, dict) and e.get("msg") for e in detail), detail
-    else:
-        assert isinstance(detail, str) and detail.strip(), detail
+    body = response.json()
+    detail, errors = body.get("detail"), body.get("errors")
+    assert isinstance(detail, str) and detail.strip(), body
+    assert isinstance(errors, list) and all(isinstance(e, dict) and e.get("msg") for e in errors), body
 
 
 CHECKS = [status_code_conformance, content_type_conformance, response_headers_conformance]

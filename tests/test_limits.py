@@ -107,9 +107,9 @@ async def test_body_errors_keep_fastapis_shape(client: httpx.AsyncClient) -> Non
     for body, kind in cases.items():
         response = await client.post("/logprob", content=body, headers=json_type)
         assert response.status_code == 422, (body, response.text)
-        detail = response.json()["detail"]
-        assert detail[0]["type"] == kind
-        assert detail[0]["loc"][0] == "body"
+        errors = response.json()["errors"]
+        assert errors[0]["type"] == kind
+        assert errors[0]["loc"][0] == "body"
     plain = await client.post("/logprob", content=b'{"x": [1]}', headers={"content-type": "text/plain"})
     assert plain.status_code == 422
     assert "application/json" in plain.json()["detail"]

@@ -286,16 +286,17 @@ async def test_invalid_parameter_is_422(
     for url in ("/sample", "/trajectory"):
         response = await client.get(url, params=params)
         assert response.status_code == 422, response.text
-        errors = response.json()["detail"]
+        errors = response.json()["errors"]
         assert [error["loc"] for error in errors] == [["query", field]]
         assert errors[0]["msg"]
+        assert response.json()["detail"].startswith(f"{field}: ")
 
 
 async def test_limits_are_named(client: httpx.AsyncClient) -> None:
     response = await client.get("/sample", params={"n": 100_001})
-    assert "100000" in response.json()["detail"][0]["msg"]
+    assert "100000" in response.json()["errors"][0]["msg"]
     response = await client.get("/sample", params={"sampler": "euler", "steps": 1001})
-    assert "1000" in response.json()["detail"][0]["msg"]
+    assert "1000" in response.json()["errors"][0]["msg"]
 
 
 @pytest.mark.parametrize("steps", [0, 2, 10])
@@ -509,10 +510,13 @@ async def test_openapi_declares_ranges_and_responses(client: httpx.AsyncClient) 
 async def test_framework_errors_are_json(client: httpx.AsyncClient) -> None:
     response = await client.get("/no-such-endpoint")
     assert response.status_code == 404
-    assert response.json() == {"detail": "Not Found"}
+    assert response.json() == {
+        "detail": "there is nothing at '/no-such-endpoint'; /docs lists the API's paths",
+        "errors": [],
+    }
     response = await client.post("/sample")
     assert response.status_code == 405
-    assert "detail" in response.json()
+    assert response.json() == {"detail": "POST is not allowed on '/sample'; use GET", "errors": []}
 
 
 async def test_unexpected_error_is_json_500(checkpoint_dir: Path) -> None:
@@ -529,7 +533,7 @@ async def test_unexpected_error_is_json_500(checkpoint_dir: Path) -> None:
         app.state.engine.sample = broken
         response = await client.get("/sample")
     assert response.status_code == 500
-    assert response.json() == {"detail": "internal server error; see the server log"}
+    assert response.json() == {"detail": "internal server error; see the server log", "errors": []}
 
 
 # --- CLI -------------------------------------------------------------------------------------------

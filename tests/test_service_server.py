@@ -56,7 +56,7 @@ def test_real_server(
 
         bad = client.get("/sample", params={"sampler": "bogus"})
         assert bad.status_code == 422
-        assert bad.json()["detail"][0]["loc"] == ["query", "sampler"]
+        assert bad.json()["errors"][0]["loc"] == ["query", "sampler"]
         assert "ctm_models_loaded 1.0" in client.get("/metrics").text
 
         # /healthz answers promptly while a request is sampling: it is held in flight, sampling

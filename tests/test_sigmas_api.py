@@ -253,7 +253,16 @@ def test_jobs_with_different_sigmas_have_different_batch_keys(
     try:
 
         def job(sigmas: tuple[float, ...] | None, seed: int = 0) -> SamplingJob:
-            return SamplingJob(model, "multistep", 2, 10, seed=seed, noise="random", gamma=0.5, sigmas=sigmas)
+            return SamplingJob(
+                model=model,
+                sampler="multistep",
+                steps=2,
+                n=10,
+                seed=seed,
+                noise="random",
+                gamma=0.5,
+                sigmas=sigmas,
+            )
 
         a, b = (10.0, 1.0, 0.002), (10.0, 2.0, 0.002)
         keys = [engine._batch_key(job(s)) for s in (a, b, None)]
@@ -269,7 +278,16 @@ def test_a_batch_with_explicit_sigmas_gives_each_job_its_own_samples(checkpoint_
     levels = tuple(LEVELS)
     for sampler in ("multistep", "gamma", "heun"):
         jobs = [
-            SamplingJob(model, sampler, 4, n, seed=50 + i, noise="random", gamma=0.4, sigmas=levels)  # type: ignore[arg-type]
+            SamplingJob(
+                model=model,
+                sampler=sampler,
+                steps=4,
+                n=n,
+                seed=50 + i,
+                noise="random",
+                gamma=0.4,
+                sigmas=levels,
+            )  # type: ignore[arg-type]
             for i, n in enumerate([1, 17, 250, 3])
         ]
         for job, result in zip(jobs, run_batch(jobs, CPU), strict=True):
@@ -294,7 +312,16 @@ def test_a_job_whose_sigmas_break_the_rules_is_refused(checkpoint_dir: Path) -> 
     model = load_model(checkpoint_dir / "two_gmm_1D.safetensors", CPU)
 
     def job(steps: int, sigmas: tuple[float, ...]) -> SamplingJob:
-        return SamplingJob(model, "multistep", steps, 1, seed=0, noise="random", gamma=0.5, sigmas=sigmas)
+        return SamplingJob(
+            model=model,
+            sampler="multistep",
+            steps=steps,
+            n=1,
+            seed=0,
+            noise="random",
+            gamma=0.5,
+            sigmas=sigmas,
+        )
 
     with pytest.raises(ValueError, match="steps"):
         run_job(job(3, (10.0, 0.002)), CPU)
