@@ -487,6 +487,15 @@ def batch_invariant(runtime: Runtime, seed: int = 0) -> bool:
     return True
 
 
+def runtime_for(model: CTMParametrization) -> Runtime | nn.Module:
+    """The runtime that serves `model`: folded for a `CTMNetwork` MLP or a `MonotoneNetwork`,
+    else the eager model itself."""
+    try:
+        return folded_runtime(model)
+    except TypeError:
+        return model
+
+
 class Runtimes:
     """The runtime of each served model, built on first use and dropped with the model."""
 
@@ -502,12 +511,8 @@ class Runtimes:
         with self._lock:
             built = self._built.get(model)
         if built is None:
-            try:
-                runtime = folded_runtime(model)
-            except TypeError:
-                built = (model, False)
-            else:
-                built = (runtime, batch_invariant(runtime))
+            runtime = runtime_for(model)
+            built = (runtime, runtime is not model and batch_invariant(runtime))
             with self._lock:
                 self._built[model] = built
         return built
