@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ctm_core.checkpoint import Checkpoint, load_checkpoint
+from ctm_core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from ctm_core.likelihood import DensityName, density_log_prob
-from ctm_core.runtime import Runtime, runtime_for
+from ctm_core.runtime import Runtime, runtime_for, verify_runtime
 from ctm_core.sampling import SampledTrajectory, SampleRequest, run_requests, sample_request
 
 
@@ -34,7 +34,7 @@ class Model:
         self.network = checkpoint.student
         self.noise = checkpoint.noise
         self.device = next(self.network.parameters()).device
-        self.runtime = runtime_for(self.network)
+        self.runtime = checked_runtime(checkpoint)
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, sigma_min={self.noise.sigma_min:g}, sigma_max={self.noise.sigma_max:g})"
@@ -101,6 +101,28 @@ class Model:
             raise ValueError("every point must be a finite number")
         with torch.inference_mode(False):
             return density_log_prob(self.network, points, self.noise, density).cpu().numpy()
+
+
+# Quantile latents whose one-step samples must come out finite before a model is used.
+_PROBE_N = 16
+
+
+def checked_runtime(checkpoint: Checkpoint) -> Runtime | torch.nn.Module:
+    """The runtime a checkpoint's student is used through (`ctm_core.runtime.runtime_for`), once
+    its jumps match the model's (`verify_runtime`) and one-step samples from a few quantiles come
+    out finite (finite weights can still overflow); CheckpointError naming the file if not."""
+    student, noise = checkpoint.student, checkpoint.noise
+    runtime = runtime_for(student)
+    try:
+        verify_runtime(runtime, student, noise.sigma_min, noise.sigma_max, noise.data_mean or 0.0)
+    except ValueError as exc:
+        raise CheckpointError(f"{checkpoint.path}: {exc}") from None
+    probe = SampleRequest(sampler="onestep", steps=1, n=_PROBE_N, seed=0, noise="quantile")
+    device = next(student.parameters()).device
+    samples = run_requests(runtime, noise, [probe], device)[0].samples
+    if not np.isfinite(samples).all():
+        raise CheckpointError(f"{checkpoint.path}: the model produces NaN or infinite samples")
+    return runtime
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Model:

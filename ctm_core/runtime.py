@@ -1,6 +1,7 @@
 """The served network's runtime: the CTM jump G(x, t, s) of a checkpoint, computed faster than eager.
 
-Built once per loaded model from its weights (`Runtimes.get`); ctm_core's samplers run on it
+Built once per loaded model from its weights (`runtime_for`, checked by `verify_runtime` when the
+model loads: `ctm_core.model.checked_runtime`); ctm_core's samplers run on it
 unchanged, since it has the model's `jump(x, t, s)` and `denoise(x, t)`. Same math as
 `CTMParametrization` around `CTMNetwork` (`FoldedCTM`) or `MonotoneNetwork` (`FoldedMonotone`),
 rearranged for serving (docs/PERFORMANCE.md):
@@ -27,7 +28,6 @@ rearranged for serving (docs/PERFORMANCE.md):
 """
 
 import threading
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -286,7 +286,7 @@ class FoldedMonotone:
         net = model.net
         if not isinstance(net, MonotoneNetwork):
             raise TypeError(f"no folded monotone runtime for a {type(net).__name__}")
-        self.net = net  # not the model: `Runtimes` holds the runtime while the model lives
+        self.net = net
         self.units = net.units
         self.sigma_data = model.sigma_data
         self.data_mean = model.data_mean
@@ -412,7 +412,8 @@ class LevelCache(Generic[_K, _V]):
             if value is not None:
                 self._values.move_to_end(key)
                 return value
-        value = make()
+        with _single_threaded_ops():  # rounded alike whatever thread makes it (e.g. its matvecs)
+            value = make()
         with self._lock:
             self._values[key] = value
             if len(self._values) > self.entries:
@@ -496,29 +497,30 @@ def runtime_for(model: CTMParametrization) -> Runtime | nn.Module:
         return model
 
 
-class Runtimes:
-    """The runtime of each served model, built on first use and dropped with the model."""
+# Probe levels of `verify_runtime`, as fractions of σ_max (clamped to σ_min): the one-step jump, a
+# multistep jump, a short jump and the denoiser's (t, t).
+_PROBE_FRACTIONS = ((1.0, 0.0), (1.0, 0.3), (0.05, 0.01), (0.2, 0.2))
+# The tolerance the runtime tests hold the folded runtimes to (tests/test_performance_runtime.py).
+VERIFY_RTOL = VERIFY_ATOL = 1e-5
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._built: weakref.WeakKeyDictionary[nn.Module, tuple[Runtime | nn.Module, bool]] = (
-            weakref.WeakKeyDictionary()
-        )
 
-    def get(self, model: CTMParametrization) -> tuple[Runtime | nn.Module, bool]:
-        """(runtime, whether batching keeps results bit-identical): the folded runtime when the
-        network is a `CTMNetwork` MLP or a `MonotoneNetwork`, else the eager model (not batched)."""
-        with self._lock:
-            built = self._built.get(model)
-        if built is None:
-            runtime = runtime_for(model)
-            built = (runtime, runtime is not model and batch_invariant(runtime))
-            with self._lock:
-                self._built[model] = built
-        return built
-
-    def known(self, model: CTMParametrization) -> bool | None:
-        """Whether `model` may be batched: None until its runtime is built."""
-        with self._lock:
-            built = self._built.get(model)
-        return None if built is None else built[1]
+def verify_runtime(
+    runtime: Runtime | nn.Module, model: CTMParametrization, sigma_min: float, sigma_max: float, center: float
+) -> None:
+    """ValueError unless `runtime`'s jumps equal `model`'s G on a probe batch, within
+    VERIFY_RTOL/ATOL of the eager values, and are finite: the served object is the checked one."""
+    spread = torch.linspace(-4.0, 4.0, 33, device=next(model.parameters()).device)
+    with torch.inference_mode():
+        for t_frac, s_frac in _PROBE_FRACTIONS:
+            t = torch.tensor(max(t_frac * sigma_max, sigma_min))
+            s = torch.tensor(max(s_frac * sigma_max, sigma_min))
+            x = center + spread * max(float(t), 1.0)  # inputs at the scale of x_t
+            served, eager = runtime.jump(x, t, s), model.jump(x, t, s)
+            if not torch.isfinite(served).all():
+                raise ValueError(f"the model's jump G(x, {float(t):g}, {float(s):g}) is not finite")
+            if not torch.allclose(served, eager, rtol=VERIFY_RTOL, atol=VERIFY_ATOL):
+                worst = float((served - eager).abs().max())
+                raise ValueError(
+                    f"the served runtime's G(x, {float(t):g}, {float(s):g}) differs from the model's by "
+                    f"{worst:.3g}"
+                )

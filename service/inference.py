@@ -28,11 +28,11 @@ from typing import Any, TypeVar
 import torch
 
 from ctm_core.machine import usable_cpus
-from ctm_core.runtime import ROWS, Runtimes
+from ctm_core.runtime import ROWS
 from ctm_core.samplers import nfe_of
 from ctm_core.sampling import SampledTrajectory, SampleRequest, batch_key, run_requests
 from service.batching import Batcher
-from service.config import DeviceName, Settings
+from service.config import Settings
 from service.registry import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -91,15 +91,6 @@ class Stoppable:
         return self.model.denoise(x, t)
 
 
-def resolve_device(name: DeviceName) -> torch.device:
-    """cpu, cuda, or (auto) cuda when available; RuntimeError when cuda is asked for but missing."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("CTM_DEVICE=cuda but PyTorch sees no CUDA device; use cpu or auto")
-    return torch.device(name)
-
-
 def torch_threads_for(settings: Settings) -> int:
     """Threads that share out a batch's rows: the setting, or the CPUs we may use split over workers.
 
@@ -124,7 +115,6 @@ INLINE_MAX_ROW_EVALS = 4096
 # Most rows in one batch (CTM_BATCH_MAX_ROWS): 16,384 measured best with 64 clients at n = 100 to
 # 1,000 (docs/PERFORMANCE.md); larger batches only make their first jobs wait longer.
 MAX_BATCH_ROWS = 16384
-RUNTIMES = Runtimes()
 
 
 def run_batch(
@@ -133,8 +123,7 @@ def run_batch(
     """Run jobs that share model, sampler, steps, γ and sigmas as one sampler call on the model's
     runtime (`ctm_core.sampling.run_requests`); one result per job. Raises `Stopped` once `stop()`."""
     model = jobs[0].model
-    runtime, _ = RUNTIMES.get(model.network)
-    paths = run_requests(Stoppable(runtime, stop), model.checkpoint.noise, jobs, device)
+    paths = run_requests(Stoppable(model.runtime, stop), model.checkpoint.noise, jobs, device)
     return [
         SamplingResult(path.sigmas, path.states, path.nfe, job) for path, job in zip(paths, jobs, strict=True)
     ]
@@ -181,9 +170,9 @@ class InferenceEngine:
         )
 
     def _batch_key(self, job: SamplingJob) -> Hashable | None:
-        """Jobs with equal keys may share a batch; None (run alone) until the model's runtime has
-        shown that batching leaves each row's value unchanged."""
-        if not RUNTIMES.known(job.model.network):
+        """Jobs with equal keys may share a batch; None (run alone) for a model whose runtime did
+        not show at load that batching leaves each row's value unchanged."""
+        if not job.model.batchable:
             return None
         # id(): the waiting jobs hold their models, so no two live models share an id.
         return (id(job.model), *batch_key(job))

@@ -23,14 +23,15 @@ import torch
 from pydantic import ValidationError
 
 from ctm_core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from ctm_core.model import checked_runtime
 from ctm_core.parametrization import CTMParametrization
-from ctm_core.samplers import SPECS, generate
+from ctm_core.runtime import Runtime, batch_invariant
+from ctm_core.samplers import SPECS
 from service.schemas import ModelInfo, NoiseInfo, RejectedCheckpoint
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_SUFFIX = ".safetensors"
-_SMOKE_N = 16
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,18 @@ class FileStamp:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A checkpoint ready to serve, and its public description; never changed once built."""
+    """A checkpoint ready to serve, and its public description; never changed once built.
+
+    `runtime`: what requests run on (`ctm_core.runtime`), built and verified against the model when
+    the file loads; `batchable`: whether it computes a row the same way amid others, so that
+    requests may share a batch (`ctm_core.runtime.batch_invariant`).
+    """
 
     name: str
     checkpoint: Checkpoint
     info: ModelInfo
+    runtime: Runtime | torch.nn.Module
+    batchable: bool
     stamp: FileStamp | None = None
 
     @property
@@ -298,12 +306,15 @@ def _stamp_inside(path: Path, root: Path) -> FileStamp:
 def load_model(path: Path, device: torch.device, stamp: FileStamp | None = None) -> LoadedModel:
     """Load and validate one checkpoint; raise CheckpointError with a message a person can act on."""
     checkpoint = load_checkpoint(path, device)
-    _check_generates(path, checkpoint, device)
+    runtime = checked_runtime(checkpoint)
     try:
         info = describe(path.stem, checkpoint)
     except ValidationError as exc:
         raise CheckpointError(f"{path}: metadata cannot be described ({exc.error_count()} errors)") from None
-    return LoadedModel(name=path.stem, checkpoint=checkpoint, info=info, stamp=stamp)
+    batchable = runtime is not checkpoint.student and batch_invariant(runtime)
+    return LoadedModel(
+        name=path.stem, checkpoint=checkpoint, info=info, runtime=runtime, batchable=batchable, stamp=stamp
+    )
 
 
 def describe(name: str, checkpoint: Checkpoint) -> ModelInfo:
@@ -337,22 +348,6 @@ def describe(name: str, checkpoint: Checkpoint) -> ModelInfo:
         format_version=meta["format_version"],
         package_version=_str_or_none(meta.get("package_version")),
     )
-
-
-def _check_generates(path: Path, checkpoint: Checkpoint, device: torch.device) -> None:
-    """One-step samples from a few quantiles must be finite: finite weights can still overflow."""
-    noise = checkpoint.noise
-    trajectory = generate(
-        checkpoint.student,
-        "onestep",
-        1,
-        _SMOKE_N,
-        **noise.sampling_kwargs(),
-        noise="quantile",
-        device=device,
-    )
-    if not torch.isfinite(trajectory.samples).all():
-        raise CheckpointError(f"{path}: the model produces NaN or infinite samples")
 
 
 def _reason(path: Path, exc: Exception) -> str:

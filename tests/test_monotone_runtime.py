@@ -11,7 +11,7 @@ from ctm_core.checkpoint import build_model
 from ctm_core.config import NetworkConfig
 from ctm_core.network import MonotoneNetwork
 from ctm_core.parametrization import CTMParametrization
-from ctm_core.runtime import ROWS, FoldedMonotone, Runtimes
+from ctm_core.runtime import ROWS, FoldedMonotone, batch_invariant, runtime_for
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 # Noise levels from σ_min to σ_max, each with targets from σ_min to itself (s = t included).
@@ -118,11 +118,9 @@ def test_the_conditioner_runs_once_per_pair(
     assert len(calls) == 2
 
 
-def test_runtimes_pick_it_and_batch_it(model: CTMParametrization) -> None:
-    runtimes = Runtimes()
-    runtime, batchable = runtimes.get(model)
-    assert isinstance(runtime, FoldedMonotone) and batchable and runtimes.known(model)
-    assert runtimes.get(model)[0] is runtime  # built once
+def test_it_serves_a_monotone_model_and_batches_it(model: CTMParametrization) -> None:
+    runtime = runtime_for(model)
+    assert isinstance(runtime, FoldedMonotone) and batch_invariant(runtime)
 
 
 def test_timing_100k_rows(model: CTMParametrization) -> None:

@@ -21,10 +21,11 @@ from ctm_core.runtime import (
     ROWS,
     FoldedCTM,
     LevelCache,
-    Runtimes,
     aligned,
     batch_invariant,
     folded_runtime,
+    runtime_for,
+    verify_runtime,
 )
 
 LEVELS = [(80.0, 0.002), (10.0, 0.5), (1.0, 0.999), (0.3, 0.3), (0.002, 0.002)]
@@ -151,14 +152,18 @@ def test_arbitrary_levels_keep_the_caches_bounded(model: CTMParametrization) -> 
 
 
 def test_other_networks_run_eagerly_and_unbatched(model: CTMParametrization) -> None:
-    runtimes = Runtimes()
-    assert runtimes.known(model) is None
-    runtime, batchable = runtimes.get(model)
-    assert isinstance(runtime, FoldedCTM) and batchable and runtimes.known(model)
-    assert runtimes.get(model)[0] is runtime  # built once
+    runtime = runtime_for(model)
+    assert isinstance(runtime, FoldedCTM) and batch_invariant(runtime)
     other = CTMParametrization(_Doubler(), sigma_data=0.5)
-    assert runtimes.get(other) == (other, False)
-    assert runtimes.known(other) is False
+    assert runtime_for(other) is other
+
+
+def test_verify_runtime_refuses_a_runtime_that_is_not_the_model(model: CTMParametrization) -> None:
+    verify_runtime(FoldedCTM(model), model, 0.002, 80.0, 0.7)  # the true fold passes
+    runtime = FoldedCTM(model)
+    runtime.b_first = runtime.b_first + 1e-3  # a fold off by a little in its first layer's bias
+    with pytest.raises(ValueError, match="differs from the model's"):
+        verify_runtime(runtime, model, 0.002, 80.0, 0.7)
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from app_client import serve
 
 import ctm_core
@@ -142,3 +143,18 @@ def test_the_cli_explains_bad_input_and_keeps_files(tmp_path: Path) -> None:
         assert done.returncode == 2, done.stderr
         assert done.stderr.startswith("error: ") and message in done.stderr and "Traceback" not in done.stderr
     assert kept.read_text() == "precious"
+
+
+def test_the_numbers_do_not_depend_on_the_callers_threads() -> None:
+    # The service samples with single-threaded ops; a user's process may have any thread count,
+    # and threaded BLAS rounds differently: the runtime must not let that through.
+    before = torch.get_num_threads()
+    try:
+        answers = []
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            fresh = ctm_core.load(CHECKPOINTS / f"{MODEL}.safetensors")  # its folds made on these threads
+            answers.append(fresh.sample(3000, "multistep", seed=4))
+        np.testing.assert_array_equal(answers[0], answers[1])
+    finally:
+        torch.set_num_threads(before)

@@ -15,7 +15,7 @@ from app_client import gather_while_held, serve
 from ctm_core.samplers import generate
 from service.app import create_app
 from service.config import Settings
-from service.inference import RUNTIMES, InferenceEngine, SamplingJob, run_batch, run_job
+from service.inference import InferenceEngine, SamplingJob, run_batch, run_job
 from service.registry import LoadedModel, load_model
 
 pytestmark = pytest.mark.anyio
@@ -40,8 +40,7 @@ def as_float32(values: list[float]) -> np.ndarray:
 def runtime_of(checkpoint_dir: Path, name: str) -> tuple[LoadedModel, Any]:
     """A model as the service loads it, and the network the service samples with (its runtime)."""
     model = load_model(checkpoint_dir / f"{name}.safetensors", CPU)
-    runtime, _ = RUNTIMES.get(model.network)
-    return model, runtime
+    return model, model.runtime
 
 
 # --- the levels given are the levels used -----------------------------------------------------------
@@ -248,7 +247,7 @@ def test_jobs_with_different_sigmas_have_different_batch_keys(
     checkpoint_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = load_model(checkpoint_dir / "two_gmm_1D.safetensors", CPU)
-    monkeypatch.setattr(RUNTIMES, "known", lambda network: True)
+    assert model.batchable  # the shipped MLP's runtime passed `batch_invariant` at load
     engine = InferenceEngine(CPU, inference_threads=1, torch_threads=1)
     try:
 
