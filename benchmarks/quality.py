@@ -25,7 +25,7 @@ from ctm_core.checkpoint import CheckpointError, load_checkpoint
 from ctm_core.cli import HelpFormatter, UsageError
 from ctm_core.config import NoiseConfig
 from ctm_core.evaluation import EvalSpec, evaluate
-from ctm_core.machine import cpu_name, usable_cpus
+from ctm_core.machine import cpu_name, resolve_device, usable_cpus
 from ctm_core.parametrization import CTMParametrization
 from ctm_core.recipe import noise_for
 from ctm_core.samplers import nfe_of
@@ -185,7 +185,7 @@ def retrain(task_name: str, mode: str, overrides: list[str], threads: int) -> Mo
     config = train_cli.config_from_args(train_cli.build_parser().parse_args(argv))
     task, _, _ = train_cli.load_task(config)
     config = noise_for(config, task)
-    trainer = Trainer(config, task.sample, train_cli.resolve_device(config.device), progress=False)
+    trainer = Trainer(config, task.sample, resolve_device(config.device), progress=False)
     started = time.perf_counter()
     trainer.run()
     seconds = time.perf_counter() - started

@@ -515,8 +515,9 @@ def checks(report: Report) -> list[tuple[str, bool | None, str]]:
 
 def run(args: argparse.Namespace) -> Report:
 
+    from ctm_core.machine import resolve_device
     from service.config import Settings
-    from service.inference import resolve_device, torch_threads_for, use_threads
+    from service.inference import torch_threads_for, use_threads
     from service.registry import load_model
 
     work = Path(tempfile.mkdtemp(prefix="ctm-bench-serve-"))

@@ -18,7 +18,7 @@ from ctm_core.config import NoiseConfig
 from ctm_core.network import MonotoneNetwork
 from ctm_core.parametrization import CTMParametrization
 from ctm_core.runtime import Runtime
-from ctm_core.samplers import Denoiser, Jumper
+from ctm_core.samplers import Denoiser, Jumper, pf_ode_drift
 from ctm_core.schedules import karras_sigmas
 
 Prior = Callable[[torch.Tensor], torch.Tensor]
@@ -46,7 +46,8 @@ def _drift_and_divergence(
         x = x.detach().requires_grad_(True)
         denoised = model.denoise(x, t)
         (d_denoised,) = torch.autograd.grad(denoised.sum(), x)
-    return ((x - denoised) / t).detach(), ((1 - d_denoised) / t).detach()
+    # ∂f/∂x of f = (x − D)/t is (1 − ∂D/∂x)/t.
+    return pf_ode_drift(x, denoised, t).detach(), ((1 - d_denoised) / t).detach()
 
 
 def log_prob(

@@ -1,9 +1,12 @@
-"""The machine a run happens on: CPU model and usable CPUs, for benchmark reports and thread counts."""
+"""The machine a run happens on: CPU model and usable CPUs (benchmark reports, thread counts), and
+the device a run uses."""
 
 import math
 import os
 import platform
 from pathlib import Path
+
+import torch
 
 
 def cpu_name() -> str:
@@ -28,3 +31,24 @@ def usable_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     except (OSError, ValueError):  # no cgroup v2 file, or one we cannot read: no quota known
         pass
     return cpus
+
+
+class DeviceError(ValueError):
+    """A device was asked for that this machine does not have."""
+
+
+def resolve_device(name: str, local_rank: int | None = None, setting: str = "--device") -> torch.device:
+    """cpu, cuda, or (auto) cuda when available; under torchrun (`local_rank`), CUDA means this
+    node's GPU number LOCAL_RANK. DeviceError naming `setting` when the device is missing."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"{setting} cuda: PyTorch sees no CUDA device (use cpu or auto)")
+    if name == "cuda" and local_rank is not None:
+        if local_rank >= torch.cuda.device_count():
+            raise DeviceError(
+                f"LOCAL_RANK {local_rank}: this node has {torch.cuda.device_count()} CUDA device(s); "
+                "start at most that many processes per node"
+            )
+        return torch.device("cuda", local_rank)
+    return torch.device(name)

@@ -117,10 +117,15 @@ def sample_gamma(
     return Trajectory(sigmas, torch.stack(states), nfe=n_steps)
 
 
+def pf_ode_drift(x: torch.Tensor, denoised: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """PF-ODE drift dx/dt = (x − D(x, t)) / t given D(x, t) (Karras et al. 2022, eq. 4 with σ(t) = t);
+    t a level shared by all rows or one per row."""
+    return (x - denoised) / t
+
+
 def _drift(model: Denoiser, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """PF-ODE drift dx/dt = (x − D(x, t)) / t (Karras et al. 2022, eq. 4 with σ(t) = t)."""
     t = _level(t, x)
-    return (x - model.denoise(x, t)) / t
+    return pf_ode_drift(x, model.denoise(x, t), t)
 
 
 def sample_euler(

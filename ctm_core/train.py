@@ -45,7 +45,7 @@ from ctm_core.distributed import (
 )
 from ctm_core.evaluation import evaluate, format_heldout_likelihood, format_report
 from ctm_core.likelihood import ode_log_prob, onestep_log_prob
-from ctm_core.machine import usable_cpus
+from ctm_core.machine import DeviceError, resolve_device, usable_cpus
 from ctm_core.network import MonotoneNetwork
 from ctm_core.parametrization import CTMParametrization
 from ctm_core.recipe import noise_for
@@ -226,22 +226,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise UsageError(f"invalid setting {where}: {first['msg']}") from None
 
 
-def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
-    """The training device; under torchrun, CUDA means this node's GPU number LOCAL_RANK."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available (use cpu or auto)")
-    if name == "cuda" and local_rank is not None:
-        if local_rank >= torch.cuda.device_count():
-            raise UsageError(
-                f"LOCAL_RANK {local_rank}: this node has {torch.cuda.device_count()} CUDA device(s); "
-                "start at most that many processes per node"
-            )
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
-
-
 def load_task(config: TrainConfig) -> tuple[Task, np.ndarray | None, dict[str, Any]]:
     """The task to learn, the held-out values (for --data) and its description for the metadata."""
     if config.data is None:
@@ -333,7 +317,7 @@ class Runtime:
     group: Group
 
 
-_INPUT_ERRORS = (UsageError, DataFileError, CheckpointError, LaunchError, KeyError)
+_INPUT_ERRORS = (UsageError, DataFileError, CheckpointError, LaunchError, DeviceError, KeyError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -384,9 +368,9 @@ def _train_all(args: argparse.Namespace, runtime: Runtime) -> int:
     """Every built-in task, one after the other, into <out>/<task>.safetensors (the shipped set)."""
     if args.data is not None or args.resume is not None:
         raise UsageError("--task all takes neither --data nor --resume")
-    folder = args.out or Path("checkpoints")
+    folder = args.out or Path("runs")
     if folder.suffix == ".safetensors":
-        raise UsageError("with --task all, --out is a folder (default checkpoints)")
+        raise UsageError("with --task all, --out is a folder (default runs)")
     for name in sorted(TASKS):
         if runtime.group.is_main:
             print(f"== {name}")

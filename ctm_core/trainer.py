@@ -23,7 +23,7 @@ from ctm_core.distributed import Group, ReplicatedModel, rank_seed, state_digest
 from ctm_core.ema import ema_update
 from ctm_core.losses import ConsistencyLoss, DSMLoss
 from ctm_core.parametrization import CTMParametrization
-from ctm_core.samplers import latent, sample_heun, sampling_sigmas
+from ctm_core.samplers import latent, pf_ode_drift, sample_heun, sampling_sigmas
 from ctm_core.schedules import karras_sigmas
 from ctm_core.seeding import seeded_generator
 
@@ -290,9 +290,9 @@ class Trainer:
     @torch.no_grad()
     def _heun_step(self, x: torch.Tensor, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """One Heun step of the PF-ODE from t to u (per element) with the target's denoiser."""
-        d = (x - self.target.denoise(x, t)) / t
+        d = pf_ode_drift(x, self.target.denoise(x, t), t)
         x_euler = x + (u - t) * d
-        d_next = (x_euler - self.target.denoise(x_euler, u)) / u
+        d_next = pf_ode_drift(x_euler, self.target.denoise(x_euler, u), u)
         return x + (u - t) * 0.5 * (d + d_next)
 
     def teacher_pool(self) -> torch.Tensor:

@@ -10,7 +10,7 @@ import sys
 
 from pydantic import ValidationError
 
-from service.config import Settings
+from service.config import FACTORY_DEFAULTS, Settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(flag: str, field: str, text: str) -> None:
         # No argparse types or defaults: Settings validates, and an absent flag defers to the environment.
-        default = defaults[field].default
+        default = FACTORY_DEFAULTS.get(field, defaults[field].default)
         parser.add_argument(flag, dest=field, help=f"{text} [CTM_{field.upper()}; default: {default}]")
 
     add("--host", "host", "interface to bind")
@@ -54,11 +54,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn  # imported late so that --help and bad flags answer fast
 
-    from service.inference import resolve_device
+    from ctm_core.machine import DeviceError, resolve_device
 
     try:
-        resolve_device(settings.device)
-    except RuntimeError as exc:
+        resolve_device(settings.device, setting="CTM_DEVICE")
+    except DeviceError as exc:
         print(f"ctm-serve: {exc}", file=sys.stderr)
         return 2
 

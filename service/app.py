@@ -20,10 +20,11 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match, Mount
 
 from ctm_core import __version__
+from ctm_core.machine import resolve_device
 from service.api.responses import error_response, summarise, validation_errors
 from service.api.routes import admin, explorer, health, likelihood, metrics, models, reference, sampling
 from service.config import Settings
-from service.inference import InferenceEngine, resolve_device, torch_threads_for
+from service.inference import InferenceEngine, torch_threads_for
 from service.lifecycle import RequestTimeoutMiddleware, checkpoint_poller, document_responses
 from service.limits import RequestSizeMiddleware
 from service.memory import limit_fragmentation, memory_trimmer
@@ -59,7 +60,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     registry: ModelRegistry = app.state.registry
     telemetry: Telemetry = app.state.telemetry
-    device = resolve_device(settings.device)
+    device = resolve_device(settings.device, setting="CTM_DEVICE")
     limit_fragmentation()  # before the sampling threads start (service.memory)
     engine = InferenceEngine(
         device,
