@@ -1,4 +1,5 @@
-"""Regenerate the README's images from a trained checkpoint: the explorer page and the figures.
+"""Regenerate the images of docs/BENCHMARKS.md and docs/SERVING.md from a trained checkpoint: the
+explorer page and the figures.
 
     python docs/make_images.py                      # checkpoints/two_gmm_1D.safetensors → docs/img/
 

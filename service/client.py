@@ -4,7 +4,7 @@
     with CTMClient("http://127.0.0.1:8000", api_key=None) as ctm:
         samples = ctm.sample(1000, sampler="multistep", steps=4, seed=0)  # numpy array, shape (1000,)
         paths = ctm.trajectory(100, steps=8).paths  # shape (100, 9): each sample at each noise level
-        logp = ctm.logprob([-1.0, 0.0, 1.0], method="ode")  # the PF-ODE's log-density at 3 points
+        logp = ctm.logprob([-1.0, 0.0, 1.0], density="ode")  # the PF-ODE's log-density at 3 points
 
 Parameters left None are not sent, so the server's defaults apply (/docs describes them). An error
 answer raises `CTMError` with the server's `detail` and `errors`; transport failures raise httpx's
@@ -90,16 +90,16 @@ def _sampling_call(
     return _Call("GET", path, params)
 
 
-def _logprob_call(x: Sequence[float] | np.ndarray, model: str | None, method: DensityName | None) -> _Call:
+def _logprob_call(x: Sequence[float] | np.ndarray, model: str | None, density: DensityName | None) -> _Call:
     points = [float(v) for v in np.asarray(x, dtype=np.float64).ravel()]
     if len(points) <= MAX_GET_POINTS:  # a GET, which may be retried
         params: Params = [("x", v) for v in points]
-        params += [(name, v) for name, v in (("model", model), ("sampler", method)) if v is not None]
+        params += [(name, v) for name, v in (("model", model), ("sampler", density)) if v is not None]
         return _Call("GET", "/logprob", params)
     # JSON has no inf or nan: send them as strings, which the server parses and refuses by name
     # ("x[3]: Input should be a finite number") as it does "inf" in a GET's query.
     body: dict[str, Any] = {"x": [v if math.isfinite(v) else str(v) for v in points]}
-    body |= {name: v for name, v in (("model", model), ("sampler", method)) if v is not None}
+    body |= {name: v for name, v in (("model", model), ("sampler", density)) if v is not None}
     return _Call("POST", "/logprob", body=json.dumps(body).encode())
 
 
@@ -119,14 +119,20 @@ def _answer(response: httpx.Response) -> Any:
     raise CTMError(response.status_code, detail, errors)
 
 
-def _floats(values: Any) -> np.ndarray:
-    """A JSON list of numbers as float64; null (a value that is not a finite number) becomes nan."""
-    return np.array(values, dtype=np.float64)
+def _states(values: Any) -> np.ndarray:
+    """Samples or path states as float32, the service's precision: each value exactly as computed
+    (the JSON numbers are float32 values written in full)."""
+    return np.array(values, dtype=np.float32)
+
+
+def _log_densities(values: Any) -> np.ndarray:
+    """log p per point as float64; null (density 0, `ctm_core.model.Model.logprob`'s -inf) as -inf."""
+    return np.array([-np.inf if v is None else v for v in values], dtype=np.float64)
 
 
 def _trajectory(body: dict[str, Any]) -> Trajectory:
-    sigmas = _floats(body["sigmas"])
-    return Trajectory(sigmas=sigmas, paths=_floats(body["paths"]).reshape(body["n"], sigmas.size))
+    sigmas = np.array(body["sigmas"], dtype=np.float64)
+    return Trajectory(sigmas=sigmas, paths=_states(body["paths"]).reshape(body["n"], sigmas.size))
 
 
 def _client_options(base_url: str, api_key: str | None, timeout: float) -> dict[str, Any]:
@@ -163,9 +169,9 @@ class CTMClient:
         noise: NoiseMode | None = None,
         gamma: float | None = None,
     ) -> np.ndarray:
-        """n samples (GET /sample), float64 of shape (n,); the same seed gives the same samples."""
+        """n samples (GET /sample), float32 of shape (n,); the same seed gives the same samples."""
         call = _sampling_call("/sample", n, model, sampler, steps, sigmas, seed, noise, gamma)
-        return _floats(self._send(call)["samples"])
+        return _states(self._send(call)["samples"])
 
     def trajectory(
         self,
@@ -183,12 +189,12 @@ class CTMClient:
         return _trajectory(self._send(call))
 
     def logprob(
-        self, x: Sequence[float] | np.ndarray, model: str | None = None, method: DensityName | None = None
+        self, x: Sequence[float] | np.ndarray, model: str | None = None, density: DensityName | None = None
     ) -> np.ndarray:
-        """log p(x) per point, float64 (nan where it is not finite); `method` is the density: onestep
+        """log p(x) per point, float64 (-inf where the density is 0); `density`: onestep
         (the server's default), the one-step sampler's, or ode, the probability-flow ODE's. Up to 100
         points go as a GET, more (to 10,000) as a POST."""
-        return _floats(self._send(_logprob_call(x, model, method))["logprob"])
+        return _log_densities(self._send(_logprob_call(x, model, density))["logprob"])
 
     def models(self) -> dict[str, Any]:
         """GET /models as answered: `models` (each one's description), `default_model`, `rejected`."""
@@ -252,7 +258,7 @@ class AsyncCTMClient:
     ) -> np.ndarray:
         """See `CTMClient.sample`."""
         call = _sampling_call("/sample", n, model, sampler, steps, sigmas, seed, noise, gamma)
-        return _floats((await self._send(call))["samples"])
+        return _states((await self._send(call))["samples"])
 
     async def trajectory(
         self,
@@ -270,10 +276,10 @@ class AsyncCTMClient:
         return _trajectory(await self._send(call))
 
     async def logprob(
-        self, x: Sequence[float] | np.ndarray, model: str | None = None, method: DensityName | None = None
+        self, x: Sequence[float] | np.ndarray, model: str | None = None, density: DensityName | None = None
     ) -> np.ndarray:
         """See `CTMClient.logprob`."""
-        return _floats((await self._send(_logprob_call(x, model, method)))["logprob"])
+        return _log_densities((await self._send(_logprob_call(x, model, density)))["logprob"])
 
     async def models(self) -> dict[str, Any]:
         """See `CTMClient.models`."""

@@ -10,6 +10,21 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DeviceName = Literal["cpu", "cuda", "auto"]
+# The models shipped with the project, beside the installed packages (a clone, or an editable install).
+SHIPPED_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+
+
+# Defaults computed when the settings are read, as a reader should understand them (help, docs).
+FACTORY_DEFAULTS = {"checkpoint_dir": "./checkpoints, else the shipped models"}
+
+
+def default_checkpoint_dir() -> Path:
+    """./checkpoints when the working directory has one, else the shipped models: the server
+    serves something wherever it is started."""
+    here = Path("checkpoints")
+    return here if here.is_dir() or not SHIPPED_CHECKPOINTS.is_dir() else SHIPPED_CHECKPOINTS
+
+
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 
 
@@ -18,13 +33,19 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CTM_", extra="ignore", frozen=True)
 
-    checkpoint_dir: Path = Field(Path("checkpoints"), description="Folder whose *.safetensors are served.")
+    checkpoint_dir: Path = Field(
+        default_factory=default_checkpoint_dir,
+        description="Folder whose *.safetensors are served; default ./checkpoints, or the shipped "
+        "models where the working directory has none.",
+    )
     default_model: str = Field("two_gmm_1D", min_length=1, description="Model for requests that name none.")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")
     device: DeviceName = Field("cpu", description="'auto' picks cuda when available, else cpu.")
-    log_level: LogLevel = "info"
+    log_level: LogLevel = Field(
+        "info", description="Least severe level of the server's log lines (uvicorn's and the service's)."
+    )
 
     # Request limits: larger requests are refused with 422 naming the limit.
     max_n: int = Field(100_000, ge=1, description="Most samples per request.")
@@ -55,15 +76,29 @@ class Settings(BaseSettings):
         16_384, ge=1024, description="Most bytes of header names and values in one request."
     )
 
-    # Threads. Sampling runs on a dedicated pool of `inference_threads` threads (concurrent batches per
-    # process); a batch's rows are shared out to `torch_threads` threads, each PyTorch op single-threaded
-    # (docs/PERFORMANCE.md). 0 means CPUs available / workers, at least 1: concurrent batches share
-    # those threads, so the process does not oversubscribe.
-    inference_threads: int = Field(2, ge=1, le=64)
-    torch_threads: int = Field(0, ge=0, le=256)
-    # Dynamic batching: requests that wait together for the pool and share model, sampler, steps and γ
-    # run as one batch of at most this many samples (docs/PERFORMANCE.md); 0: no batching.
-    batch_max_rows: int = Field(16384, ge=0, le=1_000_000)
+    # Threads and batching (docs/PERFORMANCE.md): sharing a batch's rows out, not each op, keeps
+    # concurrent batches from oversubscribing the CPUs.
+    inference_threads: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Threads of the dedicated sampling pool: batches that run at the same time in one "
+        "process.",
+    )
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Threads a batch's rows are shared out to, each PyTorch op single-threaded; 0: the "
+        "CPUs available divided by the workers, at least 1 (concurrent batches share them).",
+    )
+    batch_max_rows: int = Field(
+        16384,
+        ge=0,
+        le=1_000_000,
+        description="Requests that wait together for the pool and share model, sampler, steps and γ "
+        "run as one batch of at most this many samples; 0: no batching.",
+    )
 
     # Lifecycle (docs/RELIABILITY.md).
     request_timeout_s: float = Field(

@@ -38,10 +38,6 @@ logger = logging.getLogger(__name__)
 ADMIN_PATHS = frozenset({"/admin/reload"})
 # Probes must answer at once, and a reload that outlives the limit would still have happened.
 NO_TIMEOUT_PATHS = PUBLIC_PATHS | ADMIN_PATHS
-BAD_BODY_RESPONSE: dict[str, Any] = {
-    "description": "The request body is not valid JSON.",
-    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
-}
 TIMEOUT_RESPONSE: dict[str, Any] = {
     "description": "The request took longer than the server's limit (CTM_REQUEST_TIMEOUT_S); retry later.",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
@@ -143,7 +139,7 @@ async def in_background(work: Coroutine[Any, Any, None], name: str) -> AsyncIter
 def document_responses(app: FastAPI) -> None:
     """Add what the framework and the middlewares answer to the OpenAPI document.
 
-    400 for a body that is not JSON (FastAPI's own answer), 503 on timeout, 401 without the API key,
+    503 on timeout, 401 without the API key,
     the schemas of bodies that routes read themselves (`service.api.deps.body_openapi`), and every
     422 as the common `ErrorResponse` (FastAPI declares its own list-shaped HTTPValidationError where
     a route declares none; `service.app.invalid_request` answers the common shape).
@@ -161,8 +157,6 @@ def document_responses(app: FastAPI) -> None:
         for path, item in schema.get("paths", {}).items():
             for operation in item.values():
                 responses = operation["responses"]
-                if "requestBody" in operation:
-                    responses.setdefault("400", BAD_BODY_RESPONSE)
                 if settings.request_timeout_s and path not in NO_TIMEOUT_PATHS:
                     responses.setdefault("503", TIMEOUT_RESPONSE)
                 if _refers_to(responses.get("422"), _FASTAPI_422):
