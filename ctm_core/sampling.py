@@ -174,7 +174,6 @@ def batch_key(request: SampleRequest) -> tuple[object, ...]:
     return (request.sampler, request.steps, request.gamma, request.sigmas)
 
 
-@torch.inference_mode()
 def run_requests(
     runtime: Jumper | Denoiser,
     noise_config: NoiseConfig,
@@ -183,30 +182,31 @@ def run_requests(
 ) -> list[SampledTrajectory]:
     """Run requests that share sampler, steps, γ and sigmas as one sampler call on `runtime` (a
     model's `jump`/`denoise`); one path per request, in order. ValueError if they differ."""
-    first = requests[0]
-    if any(batch_key(request) != batch_key(first) for request in requests[1:]):
-        raise ValueError("requests run together must share sampler, steps, gamma and sigmas")
-    spec = check_request(first)
-    kwargs = noise_config.sampling_kwargs()
-    generators = [seeded_generator(request.seed) for request in requests]
-    sizes = [request.n for request in requests]
-    rows = sum(sizes)
-    padding = aligned(rows) - rows
-    parts = [
-        latent(request.n, kwargs["data_mean"], kwargs["prior_std"], request.noise, generator)
-        for request, generator in zip(requests, generators, strict=True)
-    ]
-    if padding:
-        parts.append(torch.zeros(padding))
-    x = (torch.cat(parts) if len(parts) > 1 else parts[0]).to(device)
-    sigmas = request_levels(first, noise_config)
-    row_noise = RowNoise(generators, sizes, padding) if spec.stochastic else None
-    trajectory = spec.fn(runtime, x, sigmas, gamma=first.gamma, noise_sampler=row_noise)
-    states = trajectory.states.cpu().numpy()
-    sigmas_np = trajectory.sigmas.cpu().numpy().copy()  # not a view of the cached schedule
-    paths = []
-    start = 0
-    for request in requests:
-        paths.append(SampledTrajectory(sigmas_np, states[:, start : start + request.n], trajectory.nfe))
-        start += request.n
-    return paths
+    with torch.inference_mode():  # in the body: mutation testing skips decorated functions
+        first = requests[0]
+        if any(batch_key(request) != batch_key(first) for request in requests[1:]):
+            raise ValueError("requests run together must share sampler, steps, gamma and sigmas")
+        spec = check_request(first)
+        kwargs = noise_config.sampling_kwargs()
+        generators = [seeded_generator(request.seed) for request in requests]
+        sizes = [request.n for request in requests]
+        rows = sum(sizes)
+        padding = aligned(rows) - rows
+        parts = [
+            latent(request.n, kwargs["data_mean"], kwargs["prior_std"], request.noise, generator)
+            for request, generator in zip(requests, generators, strict=True)
+        ]
+        if padding:
+            parts.append(torch.zeros(padding))
+        x = (torch.cat(parts) if len(parts) > 1 else parts[0]).to(device)
+        sigmas = request_levels(first, noise_config)
+        row_noise = RowNoise(generators, sizes, padding) if spec.stochastic else None
+        trajectory = spec.fn(runtime, x, sigmas, gamma=first.gamma, noise_sampler=row_noise)
+        states = trajectory.states.cpu().numpy()
+        sigmas_np = trajectory.sigmas.cpu().numpy().copy()  # not a view of the cached schedule
+        paths = []
+        start = 0
+        for request in requests:
+            paths.append(SampledTrajectory(sigmas_np, states[:, start : start + request.n], trajectory.nfe))
+            start += request.n
+        return paths

@@ -20,6 +20,11 @@ import torch
 from ctm_core.checkpoint import build_model, checkpoint_metadata, save_checkpoint
 from ctm_core.config import NetworkConfig, NoiseConfig
 
+# Under mutation testing (docs/TESTING.md) workers are forked after collection has started torch's
+# OpenMP pool, which then hangs: keep torch single-threaded there.
+if "MUTANT_UNDER_TEST" in os.environ:
+    torch.set_num_threads(1)
+
 # Read once at import, before any test's `_clean_env` hides the CTM_* variables.
 REQUIRE_ALL_TESTS = os.environ.get("CTM_REQUIRE_ALL_TESTS", "") not in ("", "0")
 # Skips that stay skips under CTM_REQUIRE_ALL_TESTS: the test cannot apply to this machine at all.
