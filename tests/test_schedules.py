@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -30,10 +31,32 @@ def test_two_points_are_the_ends():
     assert get_sigmas("karras", 2, 0.002, 10.0).tolist() == [10.0, 0.002]
 
 
-@pytest.mark.parametrize(("n", "lo", "hi"), [(1, 0.002, 10.0), (5, 0.0, 10.0), (5, 10.0, 1.0)])
-def test_bad_arguments_raise(n, lo, hi):
-    with pytest.raises(ValueError):
-        karras_sigmas(n, lo, hi)
+@pytest.mark.parametrize(
+    ("n", "lo", "hi", "message"),
+    [
+        (1, 0.002, 10.0, "at least 2 points, got 1"),
+        (5, 0.0, 10.0, "0 < sigma_min < sigma_max"),
+        (5, 10.0, 1.0, "0 < sigma_min < sigma_max"),
+        (5, 3.0, 3.0, "0 < sigma_min < sigma_max"),
+    ],
+)
+@pytest.mark.parametrize("schedule", [karras_sigmas, exponential_sigmas, linear_sigmas])
+def test_bad_arguments_raise(schedule, n, lo, hi, message):
+    with pytest.raises(ValueError, match=message):
+        schedule(n, lo, hi)
+
+
+def test_rho_defaults_to_seven_as_in_edm():
+    # Karras et al. (2022) eq. 5 with ρ = 7, written out here.
+    i = torch.arange(9, dtype=torch.float64)
+    expected = (80.0 ** (1 / 7) + i / 8 * (0.002 ** (1 / 7) - 80.0 ** (1 / 7))) ** 7
+    torch.testing.assert_close(karras_sigmas(9, 0.002, 80.0), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(get_sigmas("karras", 9, 0.002, 80.0), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_exponential_matches_a_float64_geometric_sequence():
+    expected = torch.from_numpy(np.geomspace(10.0, 0.01, 7))
+    torch.testing.assert_close(exponential_sigmas(7, 0.01, 10.0), expected, rtol=1e-12, atol=0)
 
 
 def test_unknown_schedule_names_choices():
