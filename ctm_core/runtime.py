@@ -11,27 +11,16 @@ rearranged for serving (docs/PERFORMANCE.md):
   into three scalars: G = a·x + b + c·F, with F the MLP's output. For the monotone network the
   conditioner runs once per (t, s) and everything but its tanh units folds into the scalars:
   G = A·x + B + C·Σ_k a_k·tanh(w_k·c_in·(x − μ) + c_k).
-- Rows are computed in blocks of at most BLOCK_ROWS, whose activations stay in cache (twice as
-  fast at n = 100,000 as one pass over 50 MB arrays), each block with single-threaded PyTorch ops.
-  Blocks are shared out to `ROWS.threads` threads as they free up, rather than splitting every op
-  over OpenMP threads, which wait for each other at every op and stall whenever a core is busy
-  elsewhere (the HTTP client, another process; docs/PERFORMANCE.md).
 - The hidden layers' matrix products go through oneDNN's linear (`torch.ops.mkldnn._linear_pointwise`,
   what `torch.compile` emits for Linear on CPU) where PyTorch has it: it uses this CPU's AVX-512,
   where MKL's `addmm` does not, and takes 0.43× the time at 1,000 rows (docs/PERFORMANCE.md).
-- Every call is padded to a multiple of ROW_ALIGN rows, and every block is too. BLAS routines round
-  a row differently when a matrix has 1–3 rows (or up to 11, threaded), or when a matrix-vector
-  product's row count is not a multiple of 4; with aligned blocks a row's value depends on that
-  row alone, not on the rows beside it or the block it falls in, so a request gives the same
-  samples alone or batched with others, and on any number of threads. `batch_invariant` checks
-  this for each model; the service batches only models that pass.
+- Rows run in aligned blocks on a few threads (`ctm_core.rows`), so a row's value ignores its
+  batch and the caller's thread count.
 """
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -42,108 +31,12 @@ from torch import nn
 
 from ctm_core.network import CTMNetwork, MonotoneNetwork
 from ctm_core.parametrization import CTMParametrization, c_noise, edm_scalings
+from ctm_core.rows import run_blocks, single_threaded_ops, work_arrays
 
-ROW_ALIGN = 16
-BLOCK_ROWS = 2048
-# Fewer rows run in the calling thread as one block: sharing them out costs more than it saves
-# (with oneDNN, 1,008 rows take 0.61 ms on one thread and 0.70–0.74 ms shared by two, which wake
-# each other; docs/PERFORMANCE.md).
-PARALLEL_MIN_ROWS = 2048
 # Noise levels (and (t, s) pairs) kept per model, least recently used first out: the longest default
 # schedule (euler, 256 steps) fits with room, and requests with arbitrary `sigmas` cannot grow
 # memory (1,024 entries a model held 3.3 MB, refilled after each emptying: the soak's early rise).
 CACHE_ENTRIES = 320
-
-
-def aligned(rows: int) -> int:
-    """`rows` rounded up to a multiple of ROW_ALIGN."""
-    return -(-rows // ROW_ALIGN) * ROW_ALIGN
-
-
-class RowThreads:
-    """Runs `block(start, stop)` over aligned blocks of rows on `threads` threads, every PyTorch op
-    in them single-threaded; threads take the next block as they free up."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._threads = 0
-        self._executor: ThreadPoolExecutor | None = None
-
-    @property
-    def threads(self) -> int:
-        """The threads a large call uses (default: PyTorch's thread count where first asked)."""
-        if not self._threads:
-            self.configure(torch.get_num_threads())
-        return self._threads
-
-    def configure(self, threads: int) -> None:
-        """Use `threads` threads from now on (the service: the CPUs one job may use)."""
-        with self._lock:
-            if threads == self._threads:
-                return
-            previous, self._executor = self._executor, None
-            self._threads = max(1, threads)
-            if self._threads > 1:
-                self._executor = ThreadPoolExecutor(
-                    self._threads,
-                    thread_name_prefix="ctm-rows",
-                    initializer=_single_threaded_thread,
-                )
-        if previous is not None:
-            previous.shutdown(wait=False)
-
-    def run(self, block: Callable[[int, int], None], rows: int) -> None:
-        """Cover rows [0, rows) (a multiple of ROW_ALIGN) with calls to `block`."""
-        threads, executor = self.threads, self._executor
-        if executor is None or rows < PARALLEL_MIN_ROWS:
-            with _single_threaded_ops():
-                for start in range(0, rows, BLOCK_ROWS):
-                    block(start, min(start + BLOCK_ROWS, rows))
-            return
-        size = min(BLOCK_ROWS, aligned(-(-rows // threads)))
-        starts = iter(range(0, rows, size))  # shared: each next() is atomic under the GIL
-
-        def take_blocks() -> None:
-            for start in starts:
-                block(start, min(start + size, rows))
-
-        # The calling thread takes blocks too when its ops are single-threaded (the service's are):
-        # one thread fewer to wake.
-        helpers = threads - 1 if torch.get_num_threads() == 1 else threads
-        futures = [executor.submit(take_blocks) for _ in range(helpers)]
-        if helpers < threads:
-            take_blocks()
-        for future in futures:
-            future.result()
-
-
-ROWS = RowThreads()
-
-
-def _single_threaded_thread() -> None:
-    """Makes this thread's PyTorch ops single-threaded for good. PyTorch sets a thread's OpenMP
-    threads lazily, at its first parallel op, to the count last set by any thread: asking for the
-    count first runs that, so that a later `set_num_threads` elsewhere does not undo this one."""
-    torch.get_num_threads()
-    torch.set_num_threads(1)
-
-
-@contextmanager
-def _single_threaded_ops() -> Iterator[None]:
-    """This thread's PyTorch ops single-threaded meanwhile; a no-op where they already are (the
-    service's). Blocks run in a caller with more intra-op threads would otherwise not be batch
-    invariant: MKL's threaded matrix-vector product cuts a block's rows into one chunk per thread,
-    and with 3, 5 or 6 threads the chunks are not multiples of 4 rows, so a row's rounding would
-    depend on the block's row count."""
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class FoldedCTM:
@@ -215,7 +108,7 @@ class FoldedCTM:
             # vectorised path, so the rounding is the same at every position.
             f.mul_(c).add_(xb, alpha=a).add_(b)
 
-        return _run_blocks(block, x, self.device)
+        return run_blocks(block, x, self.device)
 
     def _mlp(self, xb: torch.Tensor, c_in: float, bias: torch.Tensor, out: torch.Tensor) -> None:
         """F(c_in·(x − μ), c_noise(t), c_noise(s)) into `out`, with the time inputs folded into `bias`."""
@@ -224,7 +117,7 @@ class FoldedCTM:
         if self.device.type != "cpu":  # the GPU's caching allocator serves fresh arrays
             h = torch.outer(x_in, self.w_x)
         else:
-            h, spare = _work_arrays(xb.shape[0], bias.shape[0])
+            h, spare = work_arrays(xb.shape[0], bias.shape[0])
             torch.outer(x_in, self.w_x, out=h)
         F.silu(h.add_(bias), inplace=True)
         for weight, hidden_bias in self.hidden:
@@ -315,7 +208,7 @@ class FoldedMonotone:
         def block(xb: torch.Tensor, f: torch.Tensor) -> None:
             x_in = (xb - self.data_mean).mul_(fold.c_in)  # as the eager model rounds it
             if self.device.type == "cpu":
-                h = _work_arrays(xb.shape[0], self.units)[0]
+                h = work_arrays(xb.shape[0], self.units)[0]
                 torch.sub(x_in[:, None], fold.centre, out=h)
             else:  # the GPU's caching allocator serves fresh arrays
                 h = x_in[:, None] - fold.centre
@@ -325,7 +218,7 @@ class FoldedMonotone:
             torch.mv(h, fold.amplitude, out=f)
             f.mul_(c).add_(xb, alpha=a).add_(b)
 
-        return _run_blocks(block, x, self.device)
+        return run_blocks(block, x, self.device)
 
     def _fold(self, t: float, s: float) -> _MonotoneFold:
         """The coefficients at (t, s) and the scalars around them, computed once, cached."""
@@ -370,28 +263,6 @@ def folded_runtime(model: CTMParametrization) -> FoldedCTM | FoldedMonotone:
     return FoldedCTM(model)
 
 
-def _run_blocks(
-    block: Callable[[torch.Tensor, torch.Tensor], None], x: torch.Tensor, device: torch.device
-) -> torch.Tensor:
-    """`block(xb, out)` over x (n,) padded to an aligned row count, in aligned blocks on ROWS'
-    threads (one pass on a GPU), writing each block's rows into `out`; returns out[:n]."""
-    rows = x.shape[0]
-    padded = aligned(rows)
-    if padded != rows:
-        x = torch.cat([x, x.new_zeros(padded - rows)])
-    out = torch.empty_like(x)
-
-    def run(start: int, stop: int) -> None:
-        with torch.inference_mode():  # per thread: `run` may run in one of ROWS' threads
-            block(x[start:stop], out[start:stop])
-
-    if device.type == "cpu":
-        ROWS.run(run, padded)
-    else:  # one pass on a GPU
-        run(0, padded)
-    return out[:rows] if padded != rows else out
-
-
 _K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
 
@@ -412,7 +283,7 @@ class LevelCache(Generic[_K, _V]):
             if value is not None:
                 self._values.move_to_end(key)
                 return value
-        with _single_threaded_ops():  # rounded alike whatever thread makes it (e.g. its matvecs)
+        with single_threaded_ops():  # rounded alike whatever thread makes it (e.g. its matvecs)
             value = make()
         with self._lock:
             self._values[key] = value
@@ -444,48 +315,6 @@ _ONEDNN_LINEAR = _onednn_linear_works()
 def _float32(sigma: torch.Tensor | float) -> float:
     """A noise level rounded to float32, the precision of x and of the eager model's scalings."""
     return float(np.float32(float(sigma)))
-
-
-_scratch = threading.local()
-
-
-def _work_arrays(rows: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two (rows, width) float32 CPU arrays that this thread reuses for the MLP's activations,
-    instead of a fresh one per layer."""
-    pool: dict[int, tuple[torch.Tensor, torch.Tensor]] = _scratch.__dict__.setdefault("pool", {})
-    arrays = pool.get(width)
-    if arrays is None or arrays[0].shape[0] < rows:
-        size = max(rows, BLOCK_ROWS)
-        arrays = pool[width] = (torch.empty(size, width), torch.empty(size, width))
-    return arrays[0][:rows], arrays[1][:rows]
-
-
-def batch_invariant(runtime: Runtime, seed: int = 0) -> bool:
-    """Whether rows come out bit-identical alone and amid other rows, at several sizes and offsets.
-
-    A check of `ROW_ALIGN`'s premise on this machine's BLAS, for this model: the service batches
-    requests only for models that pass.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    x = (3 * torch.randn(3 * BLOCK_ROWS + 99, generator=generator)).to(runtime.device)
-    t, s = torch.tensor(2.5), torch.tensor(0.01)
-    with torch.inference_mode():
-        whole = runtime.jump(x, t, s)
-        whole_d = runtime.denoise(x, t)
-        for start, rows in (
-            (0, 1),
-            (5, 3),
-            (17, 203),
-            (0, 16),
-            (1000, BLOCK_ROWS + 1),
-            (31, 2 * ROW_ALIGN + 1),
-        ):
-            part = x[start : start + rows].clone()
-            if not torch.equal(runtime.jump(part, t, s), whole[start : start + rows]):
-                return False
-            if not torch.equal(runtime.denoise(part, t), whole_d[start : start + rows]):
-                return False
-    return True
 
 
 def runtime_for(model: CTMParametrization) -> Runtime | nn.Module:

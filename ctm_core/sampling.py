@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ctm_core.config import MAX_SEED, NoiseConfig
-from ctm_core.runtime import aligned
+from ctm_core.rows import aligned
 from ctm_core.samplers import (
     DEFAULT_GAMMA,
     Denoiser,

@@ -2,7 +2,7 @@
 
 Threads, chosen by measurement (docs/PERFORMANCE.md): `inference_threads` batches run at once per
 process; the rows of each are shared out to the runtime's `torch_threads` threads
-(`ctm_core.runtime.ROWS`, shared by the batches of the process), every PyTorch op single-threaded,
+(`ctm_core.rows.ROWS`, shared by the batches of the process), every PyTorch op single-threaded,
 so that one large job uses every CPU the worker process owns and two large jobs share them.
 PyTorch releases the GIL inside its kernels, so the event loop keeps answering (e.g. /healthz)
 while a large job runs.
@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import torch
 
 from ctm_core.machine import usable_cpus
-from ctm_core.runtime import ROWS
+from ctm_core.rows import ROWS
 from ctm_core.samplers import nfe_of
 from ctm_core.sampling import SampledTrajectory, SampleRequest, batch_key, run_requests
 from service.batching import Batcher
@@ -94,7 +94,7 @@ class Stoppable:
 def torch_threads_for(settings: Settings) -> int:
     """Threads that share out a batch's rows: the setting, or the CPUs we may use split over workers.
 
-    Concurrent batches of one process share these threads (`ctm_core.runtime.ROWS`).
+    Concurrent batches of one process share these threads (`ctm_core.rows.ROWS`).
     """
     if settings.torch_threads:
         return settings.torch_threads
