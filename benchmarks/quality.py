@@ -31,6 +31,7 @@ from ctm_core.recipe import noise_for
 from ctm_core.samplers import nfe_of
 from ctm_core.tasks import TASKS, Task, get_task
 from ctm_core.trainer import Trainer
+from ctm_core.training_data import load_task
 
 GAMMAS = (0.3, 0.5, 1.0)
 JUMP_STEPS = (2, 4)
@@ -183,7 +184,7 @@ def retrain(task_name: str, mode: str, overrides: list[str], threads: int) -> Mo
     for item in overrides:
         argv += ["--set", item]
     config = train_cli.config_from_args(train_cli.build_parser().parse_args(argv))
-    task, _, _ = train_cli.load_task(config)
+    task, _, _ = load_task(config)
     config = noise_for(config, task)
     trainer = Trainer(config, task.sample, resolve_device(config.device), progress=False)
     started = time.perf_counter()

@@ -5,14 +5,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import stats
 
 from ctm_core.config import NoiseConfig
 from ctm_core.exact import exact_flow
+from ctm_core.likelihood import density_log_prob, has_onestep_density
 from ctm_core.metrics import evaluate_samples, mode_coverage, w1_two_sample
 from ctm_core.parametrization import CTMParametrization
 from ctm_core.samplers import JUMP_SAMPLERS, generate, latent
 from ctm_core.seeding import seeded_generator
-from ctm_core.tasks import Task
+from ctm_core.tasks import EmpiricalTask, Task
 
 
 @dataclass(frozen=True)
@@ -203,3 +205,21 @@ def format_heldout_likelihood(likelihood: dict[str, Any], count: int) -> str:
         f"gaussian_kde (Scott) of the training split {likelihood['kde']:.4f}\n"
         f"  model: mean log p(x) of the held-out x under {how}, the density /logprob serves by default"
     )
+
+
+def heldout_log_likelihood(
+    model: CTMParametrization,
+    noise: NoiseConfig,
+    task: EmpiricalTask,
+    holdout: np.ndarray,
+    kde: stats.gaussian_kde | None = None,
+) -> dict[str, float | str]:
+    """Mean log p(holdout) under the density /logprob serves by default — the one-step sampler's
+    own (`onestep_log_prob`) for a monotone network, else the PF-ODE's — and under a Scott's-rule
+    KDE of the training split (`kde`, default: fitted on all of task's values)."""
+    points = torch.as_tensor(holdout, dtype=torch.float32)
+    density = "onestep" if has_onestep_density(model) else "ode"
+    logp = density_log_prob(model, points, noise, density)
+    if kde is None:
+        kde = stats.gaussian_kde(task.values, bw_method="scott")
+    return {"model": float(logp.mean()), "kde": float(kde.logpdf(holdout).mean()), "density": density}

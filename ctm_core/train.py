@@ -17,10 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import torch
 from pydantic import ValidationError
-from scipy import stats
 
 from ctm_core.checkpoint import (
     Checkpoint,
@@ -30,8 +28,8 @@ from ctm_core.checkpoint import (
     save_checkpoint,
 )
 from ctm_core.cli import HelpFormatter, UsageError, error_message, print_error
-from ctm_core.config import NoiseConfig, TrainConfig, default_config
-from ctm_core.data import DataFileError, data_statistics, load_data_file, split_holdout
+from ctm_core.config import TrainConfig, default_config
+from ctm_core.data import DataFileError
 from ctm_core.distributed import (
     AMP_CHOICES,
     BACKENDS,
@@ -43,18 +41,13 @@ from ctm_core.distributed import (
     resolve_amp,
     resolve_backend,
 )
-from ctm_core.evaluation import evaluate, format_heldout_likelihood, format_report
-from ctm_core.likelihood import ode_log_prob, onestep_log_prob
+from ctm_core.evaluation import evaluate, format_heldout_likelihood, format_report, heldout_log_likelihood
 from ctm_core.machine import DeviceError, resolve_device, usable_cpus
-from ctm_core.network import MonotoneNetwork
-from ctm_core.parametrization import CTMParametrization
 from ctm_core.recipe import noise_for
-from ctm_core.shards import EVAL_HOLDOUT_VALUES, EVAL_TRAIN_VALUES, MappedData, shard
-from ctm_core.tasks import TASKS, EmpiricalTask, Task, get_task
+from ctm_core.tasks import TASKS
 from ctm_core.trainer import Trainer
+from ctm_core.training_data import MMAP_MIN_VALUES, TrainingData, load_training_data
 
-# --mmap auto: .npy files of at least this many values are sampled in place from the mapped file.
-MMAP_MIN_VALUES = 2**22
 _Result = TypeVar("_Result")
 
 
@@ -224,88 +217,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise UsageError(f"invalid setting {where}: {first['msg']}") from None
-
-
-def load_task(config: TrainConfig) -> tuple[Task, np.ndarray | None, dict[str, Any]]:
-    """The task to learn, the held-out values (for --data) and its description for the metadata."""
-    if config.data is None:
-        task = get_task(config.task or "two_gmm_1D")
-        return task, None, {"name": task.name, "description": task.description, "kind": task.kind}
-    values = load_data_file(config.data)
-    train, holdout = split_holdout(values, config.holdout, config.seed)
-    task = EmpiricalTask(train, name=Path(config.data).stem)
-    return task, holdout, _data_info(config, data_statistics(values), train.size, holdout.size, task)
-
-
-def _data_info(
-    config: TrainConfig, statistics: dict[str, Any], n_train: int, n_holdout: int, task: EmpiricalTask | None
-) -> dict[str, Any]:
-    """The metadata's description of --data; `task` (the training values) gives the KDE points."""
-    assert config.data is not None
-    info = {
-        "name": Path(config.data).stem,
-        "kind": "data",
-        "description": f"user data from {Path(config.data).name}: {n_train} training values",
-        "file": Path(config.data).name,
-        "statistics": statistics,
-        "holdout": config.holdout,
-        "n_train": int(n_train),
-        "n_holdout": int(n_holdout),
-    }
-    if task is not None:
-        # A rank-even subset of the training values: enough for a KDE reference in the explorer.
-        v = task.values  # sorted
-        info["kde_points"] = [float(x) for x in v[np.linspace(0, v.size - 1, min(v.size, 2000)).astype(int)]]
-    return info
-
-
-@dataclass
-class TrainingData:
-    """What one process trains on, and (on rank 0) what the report measures against.
-
-    `mean` and `std` are those of the whole training split, the same on every rank. `task` and
-    `holdout` are None on the other ranks of a memory-mapped run; `kde` is the held-out
-    likelihood's baseline (None: a KDE of all of task's values).
-    """
-
-    sample: Callable[[int, torch.Generator], torch.Tensor]
-    mean: float
-    std: float
-    task: Task | None
-    holdout: np.ndarray | None
-    info: dict[str, Any]
-    kde: stats.gaussian_kde | None = None
-
-
-def load_training_data(config: TrainConfig, group: Group, mmap: str = "auto") -> TrainingData:
-    """This rank's data: a built-in task (every rank draws its own stream), a shard of an
-    in-memory split, or its blocks of a memory-mapped .npy (`ctm_core.shards`)."""
-    if config.data is None:
-        task, _, info = load_task(config)
-        return TrainingData(task.sample, task.mean, task.std, task, None, info)
-    threshold = {"auto": MMAP_MIN_VALUES, "on": 0, "off": None}[mmap]
-    values = load_data_file(config.data, mmap_min_values=threshold)
-    if not isinstance(values, np.memmap):
-        train, holdout = split_holdout(values, config.holdout, config.seed)
-        task = EmpiricalTask(train, name=Path(config.data).stem)
-        info = _data_info(config, data_statistics(values), train.size, holdout.size, task)
-        own = task if group.world_size == 1 else EmpiricalTask(shard(train, group.rank, group.world_size))
-        return TrainingData(own.sample, task.mean, task.std, task, holdout, info)
-
-    data = MappedData(values, config.holdout, config.seed, group.rank, group.world_size)
-    mean, std = data.train_moments()
-    task = holdout = kde = None
-    if group.is_main:
-        task = EmpiricalTask(data.train_sample(EVAL_TRAIN_VALUES, config.seed), name=Path(config.data).stem)
-        holdout = data.holdout_sample(EVAL_HOLDOUT_VALUES, config.seed + 1)
-        kde = task.kde
-    info = _data_info(config, data_statistics(values), data.n_train, data.n_holdout, task)
-    info["memory_mapped"] = {
-        "block_values": data.block,
-        "reference_values": int(task.values.size) if task else None,
-        "holdout_values_evaluated": int(holdout.size) if holdout is not None else None,
-    }
-    return TrainingData(data.sample, mean, std, task, holdout, info, kde)
 
 
 @dataclass(frozen=True)
@@ -514,26 +425,6 @@ def serve_command(checkpoint: Path) -> str:
     """The line that tells a user how to serve the checkpoint just written (its folder, named by its stem)."""
     folder, name = shlex.quote(str(checkpoint.parent)), shlex.quote(checkpoint.stem)
     return f"serve it: python -m service --checkpoint-dir {folder} --default-model {name}"
-
-
-def heldout_log_likelihood(
-    model: CTMParametrization,
-    noise: NoiseConfig,
-    task: EmpiricalTask,
-    holdout: np.ndarray,
-    kde: stats.gaussian_kde | None = None,
-) -> dict[str, float | str]:
-    """Mean log p(holdout) under the density /logprob serves by default — the one-step sampler's
-    own (`onestep_log_prob`) for a monotone network, else the PF-ODE's — and under a Scott's-rule
-    KDE of the training split (`kde`, default: fitted on all of task's values)."""
-    points = torch.as_tensor(holdout, dtype=torch.float32)
-    if isinstance(model.net, MonotoneNetwork):
-        density, logp = "onestep", onestep_log_prob(model, points, noise)
-    else:
-        density, logp = "ode", ode_log_prob(model, points, noise)
-    if kde is None:
-        kde = stats.gaussian_kde(task.values, bw_method="scott")
-    return {"model": float(logp.mean()), "kde": float(kde.logpdf(holdout).mean()), "density": density}
 
 
 def _resume_checkpoint(
