@@ -175,5 +175,5 @@ def density_log_prob(
             )
         return onestep_log_prob(network, y, noise)
     if density == "ode":
-        return ode_log_prob(network, y, noise, steps=ODE_STEPS)
+        return ode_log_prob(network, y, noise)
     raise ValueError(f"unknown density {density!r}; choose 'onestep' or 'ode'")

@@ -4,9 +4,18 @@ import numpy as np
 import pytest
 import torch
 
-from ctm_core.config import NoiseConfig
+from ctm_core.checkpoint import build_model
+from ctm_core.config import NetworkConfig, NoiseConfig
 from ctm_core.evaluation import ExactDenoiser
-from ctm_core.likelihood import gaussian_log_prob, log_prob, onestep_log_prob
+from ctm_core.likelihood import (
+    density_log_prob,
+    gaussian_log_prob,
+    log_prob,
+    ode_evaluations,
+    ode_log_prob,
+    onestep_evaluations,
+    onestep_log_prob,
+)
 from ctm_core.tasks import get_task
 
 
@@ -127,3 +136,62 @@ def test_onestep_log_prob_is_minus_inf_outside_the_image():
     assert torch.isneginf(got[[0, 1, 4, 5]]).all()
     expected = gaussian_log_prob(y[2:4], 1.0, math.sqrt(0.04 + noise.sigma_min**2))
     torch.testing.assert_close(got[2:4], expected, rtol=0, atol=1e-6)
+
+
+class _Counting:
+    """A Gaussian's exact jump and denoiser (N(μ, σ²) data) that count their calls."""
+
+    def __init__(self, mu: float = 1.0, sigma: float = 0.2) -> None:
+        self.denoiser, self.jumper = GaussianDenoiser(mu, sigma), _GaussianFlowJump(mu, sigma)
+        self.calls = 0
+
+    def denoise(self, x, t):
+        self.calls += 1
+        return self.denoiser.denoise(x, t)
+
+    def jump(self, x, t, s):
+        self.calls += 1
+        return self.jumper.jump(x, t, s)
+
+
+@pytest.mark.parametrize("steps", [3, 8])
+def test_the_ode_density_evaluates_the_network_four_times_a_step(steps):
+    # RK4 on `steps` steps: 4 evaluations each, as the work budget counts them.
+    model = _Counting()
+    ode_log_prob(model, torch.linspace(0.5, 1.5, 5), NoiseConfig(sigma_data=0.2, data_mean=1.0), steps=steps)
+    assert model.calls == ode_evaluations(steps) == 4 * steps
+
+
+@pytest.mark.parametrize("iterations", [5, 20])
+def test_the_onestep_density_evaluates_the_jump_iterations_plus_three_times(iterations):
+    # Two bracket ends, one evaluation a halving, one for the slope, as the work budget counts them.
+    model = _Counting()
+    noise = NoiseConfig(sigma_data=0.2, data_mean=1.0)
+    onestep_log_prob(model, torch.linspace(0.5, 1.5, 5), noise, iterations=iterations)
+    assert model.calls == onestep_evaluations(iterations) == iterations + 3
+
+
+def test_the_ode_density_uses_the_models_rho_and_log_prob_defaults_to_edms():
+    x = torch.linspace(0.4, 1.6, 7, dtype=torch.float64)
+    model, noise = GaussianDenoiser(1.0, 0.2), NoiseConfig(sigma_data=0.2, data_mean=1.0, rho=3.0)
+    common = {"steps": 4, "data_mean": 1.0, "prior_std": noise.prior_std}
+    rho3 = log_prob(model, x, noise.sigma_min, noise.sigma_max, rho=3.0, **common)
+    rho7 = log_prob(model, x, noise.sigma_min, noise.sigma_max, rho=7.0, **common)
+    assert (rho3 - rho7).abs().max() > 1e-3  # 4 steps: the grid matters
+    torch.testing.assert_close(ode_log_prob(model, x, noise, steps=4), rho3, rtol=0, atol=0)
+    torch.testing.assert_close(log_prob(model, x, noise.sigma_min, noise.sigma_max, **common), rho7)
+
+
+def test_density_log_prob_runs_on_the_evaluator_and_explains_refusals():
+    model = build_model(NetworkConfig(), sigma_data=0.5)  # monotone: it has a onestep density
+    noise = NoiseConfig(sigma_data=0.5, data_mean=0.0)
+    evaluator = _Counting(0.0, 0.5)  # stands in for the network: its answers are the exact jump's
+    y = torch.linspace(-1.0, 1.0, 5)
+    got = density_log_prob(model, y, noise, "onestep", evaluator)
+    assert evaluator.calls == onestep_evaluations()
+    torch.testing.assert_close(got, onestep_log_prob(_GaussianFlowJump(0.0, 0.5), y, noise))
+    mlp = build_model(NetworkConfig(kind="mlp"), sigma_data=0.5)
+    with pytest.raises(ValueError, match=r"no onestep density: its network is not monotone in x.*ode"):
+        density_log_prob(mlp, y, noise, "onestep")
+    with pytest.raises(ValueError, match="unknown density 'exact'; choose 'onestep' or 'ode'"):
+        density_log_prob(model, y, noise, "exact")  # type: ignore[arg-type]
