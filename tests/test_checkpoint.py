@@ -15,12 +15,14 @@ import torch
 from safetensors.torch import save as save_tensors
 from safetensors.torch import save_file
 
+import ctm_core
 from ctm_core.checkpoint import (
     FORMAT_VERSION,
     MAX_FILE_BYTES,
     MAX_HEADER_BYTES,
     METADATA_KEY,
     CheckpointError,
+    atomic_write_bytes,
     build_model,
     checkpoint_metadata,
     load_checkpoint,
@@ -576,3 +578,70 @@ def test_no_pickle_in_shipped_code() -> None:
         if "torch.load(" in source or "joblib.load" in source or "cloudpickle" in source:
             offenders.append(f"{path.relative_to(ROOT)}: text match")
     assert offenders == []
+
+
+# ---- what a checkpoint records, and how it is written ------------------------------------------------
+
+
+def test_the_metadata_holds_every_fact_under_its_documented_key(good: Path) -> None:
+    meta = load_checkpoint(good).metadata
+    assert meta["task"] == {"name": "two_gmm_1D", "description": "test task"}
+    assert meta["training"] == {"mode": "distill", "seed": 3, "ctm": {"steps": 7}}
+    assert meta["metrics"] == {"rows": [{"label": "student onestep", "qW1": 0.5}]}
+    assert meta["package_version"] == ctm_core.__version__
+    assert meta["created_at"] == CREATED_AT
+    bare = checkpoint_metadata(network=NETWORK, noise=NOISE, task={"name": "t", "description": ""})
+    assert bare["training"] == {} and bare["metrics"] == {}  # absent, not None
+    with pytest.raises(ValueError, match=r"^noise.sigma_data must be set before saving$"):
+        checkpoint_metadata(network=NETWORK, noise=NoiseConfig(), task={})
+
+
+def test_the_header_is_written_with_sorted_keys(good: Path) -> None:
+    # Sorted keys: the same model and metadata give the same bytes, so the same sha256.
+    length = struct.unpack("<Q", good.read_bytes()[:8])[0]
+    header = json.loads(good.read_bytes()[8 : 8 + length])
+    text = header["__metadata__"][METADATA_KEY]
+    assert text == json.dumps(json.loads(text), sort_keys=True)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_a_written_file_has_the_usual_mode(tmp_path: Path, umask: int) -> None:
+    # mkstemp makes 0600 files; a checkpoint is written 0666 less the umask, like any new file.
+    previous = os.umask(umask)
+    try:
+        path = tmp_path / "m.safetensors"
+        atomic_write_bytes(path, b"payload")
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert os.umask(previous) == previous  # the process's umask is left as it was
+
+
+def test_the_temporary_file_is_hidden_beside_the_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In the target's folder (a rename across file systems is not atomic), hidden, named after it.
+    seen: list[tuple[str, str]] = []
+    real_replace = os.replace
+
+    def spy(src: str, dst: str) -> None:
+        seen.append((src, dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    atomic_write_bytes(tmp_path / "m.safetensors", b"payload")
+    ((src, dst),) = seen
+    assert Path(src).parent == tmp_path and Path(src).name.startswith(".m.safetensors.")
+    assert str(src).endswith(".tmp") and Path(dst) == tmp_path / "m.safetensors"
+
+
+def test_a_failed_write_reports_the_write_error_not_the_cleanup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_bytes(tmp_path / "m.safetensors", b"payload")
+    assert list(tmp_path.iterdir()) == []
