@@ -95,8 +95,8 @@ class RegistrySnapshot:
 
     def serving(self, rejection: Rejection) -> LoadedModel | None:
         """The model still served from a rejected file's previous version, if any."""
-        model = self.models.get(rejection.file_name.removesuffix(CHECKPOINT_SUFFIX))
-        return model if model is not None and model.info.file_name == rejection.file_name else None
+        # A model's name is its file's stem: the same name is the same file.
+        return self.models.get(rejection.file_name.removesuffix(CHECKPOINT_SUFFIX))
 
     def describe_rejections(self) -> list[RejectedCheckpoint]:
         """The rejected files as the API shows them, by file name."""

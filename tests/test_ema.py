@@ -35,3 +35,10 @@ def test_bad_rate():
     ema, model = _pair()
     with pytest.raises(ValueError):
         ema_update(ema, model, rate=1.0)
+
+
+def test_mismatched_models_and_bad_rates_are_refused_by_name() -> None:
+    with pytest.raises(ValueError, match=r"EMA rate must be in \[0, 1\), got 1.0"):
+        ema_update(nn.Linear(2, 2), nn.Linear(2, 2), 1.0)
+    with pytest.raises(ValueError, match=r"shorter|longer"):  # zip(strict=True): not silently partial
+        ema_update(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), nn.Linear(2, 2), 0.5)

@@ -271,3 +271,24 @@ def test_stable_target_is_float32_under_bf16_autocast() -> None:
         loss = loss_fn(_PosteriorMeanModel(points), points, torch.Generator().manual_seed(0), points)
     assert loss.dtype == torch.float32
     assert float(loss) < 1e-8
+
+
+class _RecordingDenoiser:
+    """Records the noise levels DSM draws; denoises to 0."""
+
+    def __init__(self) -> None:
+        self.t = torch.empty(0)
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.t = t
+        return torch.zeros_like(x)
+
+
+def test_dsm_draws_log_t_from_n_of_p_mean_and_p_std() -> None:
+    # EDM's training distribution: ln t ~ N(P_mean, P_std²), clamped to [σ_min, σ_max] (wide here).
+    model = _RecordingDenoiser()
+    loss = DSMLoss(p_mean=-0.6, p_std=1.2, sigma_data=0.5, sigma_min=1e-6, sigma_max=1e6)
+    loss(model, torch.zeros(200_000), torch.Generator().manual_seed(0))  # type: ignore[arg-type]
+    log_t = model.t.log()
+    assert log_t.mean().item() == pytest.approx(-0.6, abs=0.01)
+    assert log_t.std().item() == pytest.approx(1.2, abs=0.01)
