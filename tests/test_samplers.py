@@ -248,3 +248,21 @@ def test_explicit_sigmas_snap_the_ends_and_check_the_rules():
         explicit_sigmas([10.0, 5.0, 1.0, 0.002], sigma_min=0.002, sigma_max=10.0, max_levels=3)
     with pytest.raises(ValueError, match="first sigma"):
         generate(GaussianDenoiser(0.0, 1.0), "euler", 2, 4, sigmas=[5.0, 0.002], **RANGE)
+
+
+@pytest.mark.parametrize(
+    ("levels", "max_levels", "message"),
+    [
+        ([10.0], None, r"^sigmas needs at least 2 levels \(σ_max and σ_min\), got 1$"),
+        ([10.0, 5.0, 1.0, 0.002], 3, r"^sigmas has 4 levels; at most 3 are allowed$"),
+        ([10.0, float("nan"), 0.002], None, r"^every sigma must be a finite number$"),
+        ([10.0, 1.0, 1.0, 0.002], None, r"^sigmas must be strictly decreasing$"),
+        ([9.0, 0.002], None, r"^the first sigma must be the model's sigma_max = 10, got 9$"),
+        ([10.0, 0.003], None, r"^the last sigma must be the model's sigma_min = 0.002, got 0.003$"),
+    ],
+)
+def test_explicit_sigmas_say_which_rule_they_break(
+    levels: list[float], max_levels: int | None, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        explicit_sigmas(levels, sigma_min=0.002, sigma_max=10.0, max_levels=max_levels)
