@@ -161,3 +161,15 @@ async def test_unknown_query_parameters_are_named_in_a_422(checkpoint_dir: Path)
             assert f"unknown query parameter {unknown!r}" in response.json()["detail"]
         # The explorer page reads its own query (model, sampler, ...) in the browser.
         assert (await client.get("/", params={"model": "two_gmm_1D", "anything": 1})).status_code == 200
+
+
+def test_the_server_finds_models_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Started where there is no ./checkpoints, it serves the shipped models; where there is one, that.
+    from service.config import SHIPPED_CHECKPOINTS, Settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CTM_CHECKPOINT_DIR", raising=False)
+    assert Settings().checkpoint_dir == SHIPPED_CHECKPOINTS
+    assert (SHIPPED_CHECKPOINTS / "two_gmm_1D.safetensors").is_file()
+    (tmp_path / "checkpoints").mkdir()
+    assert Settings().checkpoint_dir == Path("checkpoints")
