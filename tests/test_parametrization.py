@@ -185,3 +185,32 @@ def test_monotone_jumps_are_non_decreasing_in_x(seed: int) -> None:
     # The check does see folds: the same perturbation of an MLP, which nothing constrains, folds.
     mlp = _perturbed(seed, 0.3, kind="mlp")
     assert any((mlp.jump(wide, torch.tensor(t), torch.tensor(s)).diff() < 0).any() for t, s in PAIRS)
+
+
+@pytest.mark.parametrize("sigma_data", [0.0, -1.0, math.inf, math.nan])
+def test_a_bad_sigma_data_or_mean_is_refused_by_name(sigma_data: float) -> None:
+    net = build_network(NetworkConfig(kind="mlp", width=8, depth=1))
+    with pytest.raises(ValueError, match=rf"^sigma_data must be positive and finite, got {sigma_data}$"):
+        CTMParametrization(net, sigma_data)
+    with pytest.raises(ValueError, match=r"^data_mean must be finite, got nan$"):
+        CTMParametrization(net, 0.5, data_mean=math.nan)
+
+
+def test_the_data_mean_defaults_to_zero_and_centres_the_network_input() -> None:
+    torch.manual_seed(0)
+    net = build_network(NetworkConfig(kind="mlp", width=8, depth=1))
+    centred, shifted = CTMParametrization(net, 0.5), CTMParametrization(net, 0.5, data_mean=2.0)
+    assert centred.data_mean == 0.0
+    x, t, s = torch.linspace(-1, 1, 9), torch.tensor(3.0), torch.tensor(0.5)
+    # g(x) = μ + g₀(x − μ): the shifted model is the centred one moved by μ.
+    torch.testing.assert_close(shifted.jump(x + 2.0, t, s), centred.jump(x, t, s) + 2.0)
+
+
+def test_times_take_the_precision_of_x() -> None:
+    # float64 or Python-float levels must not promote a float32 batch (nor change its rounding).
+    model = build_model(NetworkConfig(kind="mlp", width=8, depth=1), sigma_data=0.5)
+    x = torch.linspace(-1, 1, 5)
+    t64, s64 = torch.tensor(3.0, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64)
+    out = model.jump(x, t64, s64)
+    assert out.dtype == torch.float32
+    assert torch.equal(out, model.jump(x, torch.tensor(3.0), torch.tensor(0.5)))
