@@ -1,9 +1,10 @@
 """Response shapes of the HTTP API (pydantic models): what the OpenAPI document declares."""
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from ctm_core.likelihood import DensityName
 from ctm_core.samplers import NoiseMode, SamplerName
 
 
@@ -179,4 +180,36 @@ class EvaluateResponse(BaseModel):
     w1: float | None = Field(
         description="Wasserstein-1 distance to the task's exact CDF, or the two-sample W1 to the stored "
         "training values; null without a reference or when a sample is not finite."
+    )
+
+
+# Most points in one POST /logprob body.
+MAX_POST_POINTS = 10_000
+SAMPLER_DESCRIPTION = (
+    "Which density: onestep (default), the law of the one-step sampler's samples by the change of "
+    "variables through its map G(·, σ_max, σ_min); ode, the law of the probability-flow ODE of the "
+    "model's denoiser (RK4, 64 steps), what many-step PF-ODE sampling converges to."
+)
+
+
+class LogProbRequest(BaseModel):
+    """Points at which to evaluate log p; `model` defaults to the server's default model."""
+
+    model: str | None = Field(None, max_length=200)
+    x: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(min_length=1, max_length=MAX_POST_POINTS)
+    sampler: DensityName = Field("onestep", description=SAMPLER_DESCRIPTION)
+
+
+class LogProbResponse(BaseModel):
+    """log p(x) under the model, in nats, one per point (same order as `x`)."""
+
+    model: str
+    model_sha256: str
+    density: DensityName = Field(
+        description="The density evaluated: onestep (the one-step sampler's law) or ode (the PF-ODE's)."
+    )
+    x: list[float]
+    logprob: list[float | None] = Field(
+        description="null where log p is not a finite number: density 0 (onestep: x outside the range "
+        "of the one-step map), or x beyond float32's range (|x| > 3.4e38)."
     )

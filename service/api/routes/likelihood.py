@@ -17,7 +17,6 @@ from typing import Annotated, Any
 import numpy as np
 import torch
 from fastapi import APIRouter, Query, Request, Response, status
-from pydantic import BaseModel, Field
 
 from ctm_core.likelihood import (
     ODE_STEPS,
@@ -42,10 +41,16 @@ from service.config import Settings
 from service.inference import Stoppable
 from service.limits import check_work
 from service.registry import LoadedModel
-from service.schemas import ErrorResponse, ValidationErrorResponse
+from service.schemas import (
+    MAX_POST_POINTS,
+    SAMPLER_DESCRIPTION,
+    ErrorResponse,
+    LogProbRequest,
+    LogProbResponse,
+    ValidationErrorResponse,
+)
 from service.telemetry import label_request
 
-MAX_POST_POINTS = 10_000
 MAX_GET_POINTS = 100
 ERRORS: dict[int | str, dict[str, Any]] = {
     status.HTTP_404_NOT_FOUND: {"model": ErrorResponse, "description": "Unknown model."},
@@ -55,34 +60,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         "sampler, or onestep for a model whose one-step map is not monotone.",
     },
 }
-SAMPLER_DESCRIPTION = (
-    "Which density: onestep (default), the law of the one-step sampler's samples by the change of "
-    "variables through its map G(·, σ_max, σ_min); ode, the law of the probability-flow ODE of the "
-    "model's denoiser (RK4, 64 steps), what many-step PF-ODE sampling converges to."
-)
-
-
-class LogProbRequest(BaseModel):
-    """Points at which to evaluate log p; `model` defaults to the server's default model."""
-
-    model: str | None = Field(None, max_length=200)
-    x: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(min_length=1, max_length=MAX_POST_POINTS)
-    sampler: DensityName = Field("onestep", description=SAMPLER_DESCRIPTION)
-
-
-class LogProbResponse(BaseModel):
-    """log p(x) under the model, in nats, one per point (same order as `x`)."""
-
-    model: str
-    model_sha256: str
-    density: DensityName = Field(
-        description="The density evaluated: onestep (the one-step sampler's law) or ode (the PF-ODE's)."
-    )
-    x: list[float]
-    logprob: list[float | None] = Field(
-        description="null where log p is not a finite number: density 0 (onestep: x outside the range "
-        "of the one-step map), or x beyond float32's range (|x| > 3.4e38)."
-    )
 
 
 def model_log_prob(
