@@ -11,28 +11,16 @@ The served runtimes (`ctm_core.runtime`) compute every call this way (docs/PERFO
   a row differently when a matrix has 1–3 rows (or up to 11, threaded), or when a matrix-vector
   product's row count is not a multiple of 4; with aligned blocks a row's value depends on that
   row alone, not on the rows beside it or the block it falls in, so a request gives the same
-  samples alone or batched with others, and on any number of threads. `batch_invariant` checks
-  this for each model; the service batches only models that pass.
+  samples alone or batched with others, and on any number of threads. `ctm_core.runtime.batch_invariant`
+  checks this for each model; the service batches only models that pass.
 """
 
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Protocol
 
 import torch
-
-
-class Evaluator(Protocol):
-    """What `batch_invariant` checks: a model's jump and denoiser, and where they run."""
-
-    device: torch.device
-
-    def jump(self, x: torch.Tensor, t: torch.Tensor | float, s: torch.Tensor | float) -> torch.Tensor: ...
-
-    def denoise(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor: ...
-
 
 ROW_ALIGN = 16
 BLOCK_ROWS = 2048
@@ -167,31 +155,3 @@ def work_arrays(rows: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         size = max(rows, BLOCK_ROWS)
         arrays = pool[width] = (torch.empty(size, width), torch.empty(size, width))
     return arrays[0][:rows], arrays[1][:rows]
-
-
-def batch_invariant(runtime: Evaluator, seed: int = 0) -> bool:
-    """Whether rows come out bit-identical alone and amid other rows, at several sizes and offsets.
-
-    A check of `ROW_ALIGN`'s premise on this machine's BLAS, for this model: the service batches
-    requests only for models that pass.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    x = (3 * torch.randn(3 * BLOCK_ROWS + 99, generator=generator)).to(runtime.device)
-    t, s = torch.tensor(2.5), torch.tensor(0.01)
-    with torch.inference_mode():
-        whole = runtime.jump(x, t, s)
-        whole_d = runtime.denoise(x, t)
-        for start, rows in (
-            (0, 1),
-            (5, 3),
-            (17, 203),
-            (0, 16),
-            (1000, BLOCK_ROWS + 1),
-            (31, 2 * ROW_ALIGN + 1),
-        ):
-            part = x[start : start + rows].clone()
-            if not torch.equal(runtime.jump(part, t, s), whole[start : start + rows]):
-                return False
-            if not torch.equal(runtime.denoise(part, t), whole_d[start : start + rows]):
-                return False
-    return True

@@ -31,7 +31,7 @@ from torch import nn
 
 from ctm_core.network import CTMNetwork, MonotoneNetwork
 from ctm_core.parametrization import CTMParametrization, c_noise, edm_scalings
-from ctm_core.rows import run_blocks, single_threaded_ops, work_arrays
+from ctm_core.rows import BLOCK_ROWS, ROW_ALIGN, run_blocks, single_threaded_ops, work_arrays
 
 # Noise levels (and (t, s) pairs) kept per model, least recently used first out: the longest default
 # schedule (euler, 256 steps) fits with room, and requests with arbitrary `sigmas` cannot grow
@@ -315,6 +315,34 @@ _ONEDNN_LINEAR = _onednn_linear_works()
 def _float32(sigma: torch.Tensor | float) -> float:
     """A noise level rounded to float32, the precision of x and of the eager model's scalings."""
     return float(np.float32(float(sigma)))
+
+
+def batch_invariant(runtime: Runtime, seed: int = 0) -> bool:
+    """Whether rows come out bit-identical alone and amid other rows, at several sizes and offsets.
+
+    A check of `ROW_ALIGN`'s premise on this machine's BLAS, for this model: the service batches
+    requests only for models that pass.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    x = (3 * torch.randn(3 * BLOCK_ROWS + 99, generator=generator)).to(runtime.device)
+    t, s = torch.tensor(2.5), torch.tensor(0.01)
+    with torch.inference_mode():
+        whole = runtime.jump(x, t, s)
+        whole_d = runtime.denoise(x, t)
+        for start, rows in (
+            (0, 1),
+            (5, 3),
+            (17, 203),
+            (0, 16),
+            (1000, BLOCK_ROWS + 1),
+            (31, 2 * ROW_ALIGN + 1),
+        ):
+            part = x[start : start + rows].clone()
+            if not torch.equal(runtime.jump(part, t, s), whole[start : start + rows]):
+                return False
+            if not torch.equal(runtime.denoise(part, t), whole_d[start : start + rows]):
+                return False
+    return True
 
 
 def runtime_for(model: CTMParametrization) -> Runtime | nn.Module:

@@ -70,6 +70,11 @@ class _Call:
     params: Params | None = None
     body: bytes | None = None
 
+    def options(self) -> dict[str, Any]:
+        """httpx's request arguments besides the method and path."""
+        headers = {"Content-Type": "application/json"} if self.body is not None else None
+        return {"params": self.params, "content": self.body, "headers": headers}
+
 
 def _sampling_call(
     path: str,
@@ -214,10 +219,7 @@ class CTMClient:
         return _answer(response)
 
     def _request(self, call: _Call) -> httpx.Response:
-        headers = {"Content-Type": "application/json"} if call.body is not None else None
-        return self._http.request(
-            call.method, call.path, params=call.params, content=call.body, headers=headers
-        )
+        return self._http.request(call.method, call.path, **call.options())
 
     def close(self) -> None:
         """Close the connections."""
@@ -299,10 +301,7 @@ class AsyncCTMClient:
         return _answer(response)
 
     async def _request(self, call: _Call) -> httpx.Response:
-        headers = {"Content-Type": "application/json"} if call.body is not None else None
-        return await self._http.request(
-            call.method, call.path, params=call.params, content=call.body, headers=headers
-        )
+        return await self._http.request(call.method, call.path, **call.options())
 
     async def aclose(self) -> None:
         """Close the connections."""

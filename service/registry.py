@@ -25,8 +25,7 @@ from pydantic import ValidationError
 from ctm_core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from ctm_core.model import checked_runtime
 from ctm_core.parametrization import CTMParametrization
-from ctm_core.rows import batch_invariant
-from ctm_core.runtime import Runtime
+from ctm_core.runtime import Runtime, batch_invariant
 from ctm_core.samplers import SPECS
 from service.schemas import ModelInfo, NoiseInfo, RejectedCheckpoint
 

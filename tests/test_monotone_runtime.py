@@ -11,8 +11,8 @@ from ctm_core.checkpoint import build_model
 from ctm_core.config import NetworkConfig
 from ctm_core.network import MonotoneNetwork
 from ctm_core.parametrization import CTMParametrization
-from ctm_core.rows import ROWS, batch_invariant
-from ctm_core.runtime import FoldedMonotone, runtime_for
+from ctm_core.rows import ROWS
+from ctm_core.runtime import FoldedMonotone, batch_invariant, runtime_for
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 # Noise levels from σ_min to σ_max, each with targets from σ_min to itself (s = t included).

@@ -14,11 +14,12 @@ from ctm_core.checkpoint import build_model
 from ctm_core.config import NetworkConfig
 from ctm_core.machine import usable_cpus
 from ctm_core.parametrization import CTMParametrization
-from ctm_core.rows import BLOCK_ROWS, ROW_ALIGN, ROWS, aligned, batch_invariant
+from ctm_core.rows import BLOCK_ROWS, ROW_ALIGN, ROWS, aligned
 from ctm_core.runtime import (
     CACHE_ENTRIES,
     FoldedCTM,
     LevelCache,
+    batch_invariant,
     folded_runtime,
     runtime_for,
     verify_runtime,
