@@ -479,7 +479,9 @@ async def test_openapi_declares_ranges_and_responses(client: httpx.AsyncClient) 
     schema = await get_json(client, "/openapi.json")
     for path in ("/sample", "/trajectory"):
         operation = schema["paths"][path]["get"]
-        assert set(operation["responses"]) == {"200", "404", "422", "503"}
+        assert set(operation["responses"]) == {"200", "404", "406", "422", "503"}
+        answers = set(operation["responses"]["200"]["content"])
+        assert answers == {"application/json", "application/x-npy", "application/octet-stream"}
         params = {p["name"]: p["schema"] for p in operation["parameters"]}
         assert params["sampler"]["enum"] == list(SAMPLERS)
         # A plain /trajectory is a path with intermediate states; a plain /sample, one jump.

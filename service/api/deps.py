@@ -5,17 +5,17 @@ list of errors); the request limits come from the settings, so the sampling depe
 per app. Rules between parameters answer 422 with one message naming the rule or limit.
 """
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 import anyio.to_thread
-from fastapi import Depends, HTTPException, Query, Request, status
+from fastapi import Depends, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError, create_model
 
 from ctm_core.config import MAX_SEED
 from ctm_core.samplers import DEFAULT_GAMMA, SPECS, NoiseMode, SamplerName
-from ctm_core.sampling import sample_request
+from ctm_core.sampling import SampleRequest, sample_request
 from service.config import Settings
 from service.inference import InferenceEngine, SamplingJob
 from service.limits import check_work
@@ -75,6 +75,12 @@ def _query_names(dependant: Any) -> frozenset[str]:
     return frozenset(found)
 
 
+def _declared_query_names(route: Any) -> frozenset[str]:
+    """The query parameters a route declares in its `openapi_extra` (a `SamplingQuery`'s)."""
+    extra = getattr(route, "openapi_extra", None) or {}
+    return frozenset(p["name"] for p in extra.get("parameters", ()) if p.get("in") == "query")
+
+
 async def refuse_unknown_query(request: Request) -> None:
     """422 naming the query parameters the route does not take: a misspelt `step=8` would otherwise
     be dropped without a word and the answer silently use the default."""
@@ -83,7 +89,12 @@ async def refuse_unknown_query(request: Request) -> None:
     route = request.scope.get("route")
     if getattr(route, "dependant", None) is None:
         return
-    names = _query_names(route.dependant)  # a few µs: two levels of dependencies
+    # A few µs: two levels of dependencies.
+    refuse_unknown(request, _query_names(route.dependant) | _declared_query_names(route))
+
+
+def refuse_unknown(request: Request, names: frozenset[str]) -> None:
+    """422 naming the query parameters of `request` that are not in `names`."""
     unknown = sorted(set(request.query_params) - names)
     if unknown:
         shown = ", ".join(repr(name[:_NAME_ECHO_LIMIT]) for name in unknown[:10])
@@ -152,154 +163,178 @@ def parse_sigmas(values: list[str]) -> list[float]:
     return levels
 
 
-def sampling_job_dependency(
-    settings: Settings, *, with_sigmas: bool = False, default_sampler: SamplerName = "onestep"
-) -> Callable[..., SamplingJob]:
-    """The dependency that turns /sample's query into a `SamplingJob`, with this app's limits.
+class SamplingQuery:
+    """The query of a sampling route (/sample, /trajectory, /evaluate, /plot.png) as a `SamplingJob`.
 
-    `with_sigmas`: it also takes the explicit noise levels `sigmas` (/sample and /trajectory).
-    Steps default to the sampler's own (`ctm_core.samplers.SPECS`); a parameter the chosen
-    sampler would ignore (`gamma` but for γ-sampling, `steps` beside `sigmas`) is refused.
+    One pydantic model holds the parameters, their bounds (this app's limits) and their
+    descriptions; `parse` validates a request's query with it in one pydantic-core call, and
+    `parameters` declares the same fields in the OpenAPI document. Routes call `job` themselves
+    rather than declaring a FastAPI parameter per field: FastAPI's per-parameter parsing cost about
+    0.19 ms a request, two thirds of a one-sample request (docs/PERFORMANCE.md).
+
+    Steps default to the sampler's own (`ctm_core.samplers.SPECS`); a parameter the chosen sampler
+    would ignore (`gamma` but for γ-sampling, `steps` beside `sigmas`) is refused. `with_sigmas`:
+    it also takes the explicit noise levels `sigmas`. `trajectory`: the answer holds every level's
+    states, so n × levels is limited (CTM_MAX_TRAJECTORY_VALUES), and the sampler defaults to
+    multistep, so that a plain request answers a path with intermediate states.
     """
-    default_n = min(1000, settings.max_n)
-    max_levels = settings.max_steps + 1
-    defaults = ", ".join(f"{name} {spec.default_steps}" for name, spec in SPECS.items())
-    # The parameters both signatures share (Annotated types: FastAPI reads their Query).
-    Model = Annotated[
-        str | None,
-        Query(description="A loaded model's name (see /models); omitted: the default model /models names."),
-    ]
-    Sampler = Annotated[
-        SamplerName,
-        Query(description="CTM jumps (onestep, multistep, gamma) or PF-ODE solvers (euler, heun)."),
-    ]
-    Steps = Annotated[
-        int | None,
-        Query(
-            ge=1,
-            le=settings.max_steps,
-            description="Sampler steps on the model's schedule; omitted: the sampler's default "
-            f"({defaults}). onestep takes exactly 1.",
-        ),
-    ]
-    N = Annotated[int, Query(ge=1, le=settings.max_n, description="Number of samples.")]
-    Seed = Annotated[
-        int | None,
-        Query(ge=0, le=MAX_SEED, description="Seed of every random draw; omitted: one is drawn."),
-    ]
-    Gamma = Annotated[
-        float | None,
-        Query(
-            ge=0,
-            le=1,
-            allow_inf_nan=False,
-            description=f"γ of the gamma sampler (default {DEFAULT_GAMMA}); refused with another sampler.",
-        ),
-    ]
-    Noise = Annotated[
-        NoiseMode,
-        Query(
-            description="Latent x_T: random from the prior N(μ, std²), or its n quantiles "
-            "μ + std·Φ⁻¹((i + ½)/n)."
-        ),
-    ]
 
-    async def sampling_job(
-        request: Request,
-        model: Model = None,
-        sampler: Sampler = default_sampler,
-        steps: Steps = None,
-        n: N = default_n,
-        seed: Seed = None,
-        gamma: Gamma = None,
-        noise: Noise = "random",
-    ) -> SamplingJob:
-        return make_job(request, model, sampler, steps, n, seed, gamma, noise, None)
-
-    async def sampling_job_with_sigmas(
-        request: Request,
-        model: Model = None,
-        sampler: Sampler = default_sampler,
-        steps: Steps = None,
-        n: N = default_n,
-        seed: Seed = None,
-        gamma: Gamma = None,
-        noise: Noise = "random",
-        sigmas: Annotated[
-            list[str] | None,
-            Query(
-                description="Explicit noise levels instead of `steps` and the schedule: repeated "
-                "(?sigmas=10&sigmas=1&sigmas=0.002) or comma-separated (?sigmas=10,1,0.002). Strictly "
-                "decreasing from the model's σ_max to its σ_min (see /models), 2 to "
-                f"{max_levels} levels (CTM_MAX_STEPS + 1); steps = levels − 1, and onestep takes "
-                "exactly 2."
+    def __init__(self, settings: Settings, *, with_sigmas: bool = False, trajectory: bool = False) -> None:
+        self.settings = settings
+        self.max_levels = settings.max_steps + 1
+        self.trajectory_limit = settings.max_trajectory_values if trajectory else None
+        defaults = ", ".join(f"{name} {spec.default_steps}" for name, spec in SPECS.items())
+        fields: dict[str, Any] = {
+            "model": (
+                str | None,
+                Field(
+                    None,
+                    description="A loaded model's name (see /models); omitted: the default model "
+                    "/models names.",
+                ),
             ),
-        ] = None,
-    ) -> SamplingJob:
-        return make_job(request, model, sampler, steps, n, seed, gamma, noise, sigmas)
+            "sampler": (
+                SamplerName,
+                Field(
+                    "multistep" if trajectory else "onestep",
+                    description="CTM jumps (onestep, multistep, gamma) or PF-ODE solvers (euler, heun).",
+                ),
+            ),
+            "steps": (
+                int | None,
+                Field(
+                    None,
+                    ge=1,
+                    le=settings.max_steps,
+                    description="Sampler steps on the model's schedule; omitted: the sampler's default "
+                    f"({defaults}). onestep takes exactly 1.",
+                ),
+            ),
+            "n": (
+                int,
+                Field(min(1000, settings.max_n), ge=1, le=settings.max_n, description="Number of samples."),
+            ),
+            "seed": (
+                int | None,
+                Field(
+                    None, ge=0, le=MAX_SEED, description="Seed of every random draw; omitted: one is drawn."
+                ),
+            ),
+            "gamma": (
+                float | None,
+                Field(
+                    None,
+                    ge=0,
+                    le=1,
+                    allow_inf_nan=False,
+                    description=f"γ of the gamma sampler (default {DEFAULT_GAMMA}); refused with "
+                    "another sampler.",
+                ),
+            ),
+            "noise": (
+                NoiseMode,
+                Field(
+                    "random",
+                    description="Latent x_T: random from the prior N(μ, std²), or its n quantiles "
+                    "μ + std·Φ⁻¹((i + ½)/n).",
+                ),
+            ),
+        }
+        if with_sigmas:
+            fields["sigmas"] = (
+                list[str] | None,
+                Field(
+                    None,
+                    description="Explicit noise levels instead of `steps` and the schedule: repeated "
+                    "(?sigmas=10&sigmas=1&sigmas=0.002) or comma-separated (?sigmas=10,1,0.002). Strictly "
+                    "decreasing from the model's σ_max to its σ_min (see /models), 2 to "
+                    f"{self.max_levels} levels (CTM_MAX_STEPS + 1); steps = levels − 1, and onestep takes "
+                    "exactly 2.",
+                ),
+            )
+        self.model = create_model("SamplingQuery", **fields)
+        self.names = frozenset(fields)
+        self._lists = frozenset(name for name in fields if name == "sigmas")
 
-    def make_job(
-        request: Request,
-        model: str | None,
-        sampler: SamplerName,
-        steps: int | None,
-        n: int,
-        seed: int | None,
-        gamma: float | None,
-        noise: NoiseMode,
-        sigmas: list[str] | None,
-    ) -> SamplingJob:
-        loaded = lookup_model(request.app.state.registry, model, settings)  # no RegistryDep: see /sample
-        label_request(request, model=loaded.name, sampler=sampler)
+    def dependency(self, known: frozenset[str] = frozenset()) -> Callable[[Request], Awaitable[SamplingJob]]:
+        """`job` as a FastAPI dependency, for routes whose other parameters FastAPI parses
+        (`known`: their query names); declare `parameters()` as the route's `openapi_extra`."""
+
+        async def sampling_job(request: Request) -> SamplingJob:
+            return self.job(request, known=known)
+
+        return sampling_job
+
+    def parameters(self) -> dict[str, Any]:
+        """A route's `openapi_extra` declaring these query parameters (FastAPI adds its own to them)."""
+        schema = self.model.model_json_schema()
+        parameters = []
+        for name, field in schema["properties"].items():
+            # As FastAPI declares a parameter: its description beside and inside its schema.
+            parameter = {"name": name, "in": "query", "required": False, "schema": field}
+            parameters.append(parameter | {"description": field["description"]})
+        return {"parameters": parameters}
+
+    def parse(self, request: Request) -> BaseModel:
+        """The query validated (422 in FastAPI's shape, under "query", for a bad value); a name given
+        twice takes its last value, as FastAPI does, but for `sigmas`, which collects them all."""
+        query = request.query_params
+        values: dict[str, Any] = dict(query)
+        for name in self._lists & values.keys():
+            values[name] = query.getlist(name)
+        try:
+            return self.model.model_validate(values)
+        except ValidationError as exc:
+            errors = [{**e, "loc": ("query", *e["loc"])} for e in exc.errors(include_url=False)]
+            raise RequestValidationError(errors) from None
+
+    def job(self, request: Request, *, known: frozenset[str] = frozenset()) -> SamplingJob:
+        """The request's checked job; 422 for an unknown query name (but `known`, a route's other
+        parameters), a bad value, or a broken rule or limit; 404 for an unknown model."""
+        refuse_unknown(request, self.names | known)
+        query = self.parse(request)
+        settings = self.settings
+        loaded = lookup_model(request.app.state.registry, query.model, settings)  # type: ignore[attr-defined]
+        label_request(request, model=loaded.name, sampler=query.sampler)  # type: ignore[attr-defined]
+        sigmas = getattr(query, "sigmas", None)
         try:
             checked = sample_request(
                 loaded.checkpoint.noise,
-                n=n,
-                sampler=sampler,
-                steps=steps,
+                n=query.n,  # type: ignore[attr-defined]
+                sampler=query.sampler,  # type: ignore[attr-defined]
+                steps=query.steps,  # type: ignore[attr-defined]
                 sigmas=None if sigmas is None else parse_sigmas(sigmas),
-                seed=seed,
-                noise=noise,
-                gamma=gamma,
+                seed=query.seed,  # type: ignore[attr-defined]
+                noise=query.noise,  # type: ignore[attr-defined]
+                gamma=query.gamma,  # type: ignore[attr-defined]
                 max_steps=settings.max_steps,
-                max_levels=max_levels,
+                max_levels=self.max_levels,
             )
         except ValueError as exc:
             raise unprocessable(str(exc)) from None
         check_work(
-            n,
-            SPECS[sampler].nfe(checked.steps),
+            checked.n,
+            SPECS[checked.sampler].nfe(checked.steps),
             settings.max_work,
             rows_name="n",
             evaluations_name="NFE",
             instead="ask for fewer steps (a CTM jump sampler needs one evaluation a step)",
         )
+        if self.trajectory_limit is not None:
+            self._check_trajectory_size(checked)
         return SamplingJob(model=loaded, **vars(checked))
 
-    return sampling_job_with_sigmas if with_sigmas else sampling_job
-
-
-def trajectory_job_dependency(settings: Settings, *, with_sigmas: bool = False) -> Callable[..., SamplingJob]:
-    """/sample's dependency plus the response-size limit n × (levels) of /trajectory; its sampler
-    defaults to multistep, so that a plain request answers a path with intermediate states.
-
-    The levels are steps + 1, or the number of explicit `sigmas` when given (`with_sigmas`).
-    """
-    sampling_job = sampling_job_dependency(settings, with_sigmas=with_sigmas, default_sampler="multistep")
-    limit = settings.max_trajectory_values
-
-    async def trajectory_job(job: Annotated[SamplingJob, Depends(sampling_job)]) -> SamplingJob:
+    def _check_trajectory_size(self, job: SampleRequest) -> None:
+        """422 when the answer's n × levels exceeds CTM_MAX_TRAJECTORY_VALUES; the levels are
+        steps + 1, or the number of explicit `sigmas`."""
         levels = job.steps + 1 if job.sigmas is None else len(job.sigmas)
         values = job.n * levels
-        if values > limit:
+        if values > (limit := self.trajectory_limit or 0):
             lower = "n or steps" if job.sigmas is None else "n or the number of sigmas"
             raise unprocessable(
                 f"a trajectory of n × (steps + 1) = {job.n} × {levels} = {values} values exceeds "
                 f"the limit of {limit} values (CTM_MAX_TRAJECTORY_VALUES); lower {lower}"
             )
-        return job
-
-    return trajectory_job
 
 
 NoUnknownQuery = Depends(refuse_unknown_query)

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from fastapi.responses import FileResponse, HTMLResponse
 
-from service.api.deps import EngineDep, NoUnknownQuery, TelemetryDep, trajectory_job_dependency
+from service.api.deps import EngineDep, NoUnknownQuery, SamplingQuery, TelemetryDep
 from service.api.routes.sampling import ERRORS, run
 from service.config import Settings
 from service.inference import SamplingJob, SamplingResult
@@ -32,7 +32,8 @@ def create_router(settings: Settings) -> APIRouter:
     """The page and the figure route; /plot.png takes /trajectory's parameters, with n ≤ MAX_PLOT_N."""
     router = APIRouter(tags=["explorer"])
     plot_settings = settings.model_copy(update={"max_n": min(settings.max_n, MAX_PLOT_N)})
-    PlotJob = Annotated[SamplingJob, Depends(trajectory_job_dependency(plot_settings))]
+    plot_query = SamplingQuery(plot_settings, trajectory=True)
+    PlotJob = Annotated[SamplingJob, Depends(plot_query.dependency(known=frozenset({"view"})))]
 
     @router.get("/", response_class=HTMLResponse, summary="Explorer page")
     async def page() -> FileResponse:
@@ -60,6 +61,7 @@ def create_router(settings: Settings) -> APIRouter:
         responses=responses,
         summary="Figure of a sampling run",
         dependencies=[NoUnknownQuery],
+        openapi_extra=plot_query.parameters(),
     )
     async def plot(
         job: PlotJob,

@@ -9,10 +9,10 @@ from service.api.deps import (
     EngineDep,
     NoUnknownQuery,
     RegistryDep,
+    SamplingQuery,
     SettingsDep,
     TelemetryDep,
     lookup_model,
-    sampling_job_dependency,
     unprocessable,
 )
 from service.api.responses import json_response
@@ -39,7 +39,8 @@ DENSITY_ERRORS: dict[int | str, dict[str, Any]] = {
 def create_router(settings: Settings) -> APIRouter:
     """The reference routes, with this app's sampling limits in /evaluate's parameters."""
     router = APIRouter(dependencies=[NoUnknownQuery])
-    SampleJob = Annotated[SamplingJob, Depends(sampling_job_dependency(settings))]
+    evaluate_query = SamplingQuery(settings)
+    SampleJob = Annotated[SamplingJob, Depends(evaluate_query.dependency())]
 
     @router.get(
         "/models/{name}/density",
@@ -95,6 +96,7 @@ def create_router(settings: Settings) -> APIRouter:
         response_model=EvaluateResponse,
         responses=ERRORS,
         summary="Measure samples against the task",
+        openapi_extra=evaluate_query.parameters(),
     )
     async def evaluate(job: SampleJob, engine: EngineDep, telemetry: TelemetryDep) -> Response:
         """W1 from the samples /sample draws for the same parameters to the model's reference.

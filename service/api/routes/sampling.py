@@ -1,10 +1,13 @@
 """GET /sample and GET /trajectory: validate, run the job off the loop, shape the answer."""
 
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi.routing import APIRoute
 
-from service.api.deps import NoUnknownQuery, sampling_job_dependency, trajectory_job_dependency
+from service.api.deps import SamplingQuery
+from service.api.encoding import BINARY_CONTENT, JSON, Encoding, binary_response, negotiate
 from service.api.responses import json_response
 from service.config import Settings
 from service.inference import InferenceEngine, SamplingJob, SamplingResult
@@ -19,9 +22,34 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     },
 }
 
+ANSWERS: dict[int | str, dict[str, Any]] = {
+    status.HTTP_200_OK: {
+        "content": BINARY_CONTENT,
+        "description": "JSON by default; with `Accept: application/octet-stream` the samples (for "
+        "/trajectory the paths, n rows of levels) as float32 little-endian, or with `Accept: "
+        "application/x-npy` as a .npy file, the other fields in CTM-* headers (docs/SERVING.md).",
+    },
+    status.HTTP_406_NOT_ACCEPTABLE: {
+        "model": ErrorResponse,
+        "description": "The Accept header takes none of application/json, application/x-npy and "
+        "application/octet-stream.",
+    },
+    **ERRORS,
+}
 
-def sample_payload(result: SamplingResult) -> dict[str, Any]:
-    """The /sample body (`SampleResponse`), with numpy arrays for orjson."""
+
+class DirectRoute(APIRoute):
+    """A route whose endpoint takes the request alone and returns its response: documented by
+    FastAPI as usual (response model, errors, `openapi_extra`), but called directly, with no
+    dependency solving and no response validation, which cost about 0.1 ms a request
+    (docs/PERFORMANCE.md). The endpoint validates its own input (`SamplingQuery`)."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        return self.endpoint
+
+
+def sample_fields(result: SamplingResult) -> dict[str, Any]:
+    """The /sample answer's fields but the samples (`SampleResponse`)."""
     job = result.job
     return {
         "model": job.model.name,
@@ -32,13 +60,21 @@ def sample_payload(result: SamplingResult) -> dict[str, Any]:
         "n": job.n,
         "seed": job.seed,
         "noise": job.noise,
-        "samples": result.samples,
     }
 
 
-def trajectory_payload(result: SamplingResult) -> dict[str, Any]:
-    """The /trajectory body (`TrajectoryResponse`)."""
-    return {**sample_payload(result), "sigmas": result.sigmas, "paths": result.paths}
+async def answer(result: SamplingResult, encoding: Encoding, trajectory: bool) -> Response:
+    """The /sample (or /trajectory) answer in the negotiated encoding: JSON with numpy arrays for
+    orjson, or the samples (the paths) as binary float32 with the other fields in headers."""
+    fields = sample_fields(result)
+    if encoding != JSON:
+        if not trajectory:
+            return binary_response(result.samples, fields, encoding)
+        return binary_response(result.paths, fields | {"sigmas": result.sigmas}, encoding)
+    content = fields | {"samples": result.samples}
+    if trajectory:
+        content |= {"sigmas": result.sigmas, "paths": result.paths}
+    return await json_response(content, values=result.states.size + result.samples.size)
 
 
 async def run(engine: InferenceEngine, telemetry: Telemetry, job: SamplingJob) -> SamplingResult:
@@ -53,33 +89,47 @@ async def run(engine: InferenceEngine, telemetry: Telemetry, job: SamplingJob) -
 
 def create_router(settings: Settings) -> APIRouter:
     """The sampling routes, with this app's request limits in their parameters."""
-    router = APIRouter(tags=["sampling"], dependencies=[NoUnknownQuery])
-    SampleJob = Annotated[SamplingJob, Depends(sampling_job_dependency(settings, with_sigmas=True))]
-    TrajectoryJob = Annotated[SamplingJob, Depends(trajectory_job_dependency(settings, with_sigmas=True))]
+    # The routes parse their query themselves (`SamplingQuery.job`): no FastAPI parameters, no
+    # dependencies, as each costs microseconds a request on the hot path (docs/PERFORMANCE.md).
+    router = APIRouter(tags=["sampling"], route_class=DirectRoute)
+    sample_query = SamplingQuery(settings, with_sigmas=True)
+    trajectory_query = SamplingQuery(settings, with_sigmas=True, trajectory=True)
 
-    @router.get("/sample", response_model=SampleResponse, responses=ERRORS, summary="Draw samples")
-    async def sample(job: SampleJob, request: Request) -> Response:
+    @router.get(
+        "/sample",
+        response_model=SampleResponse,
+        responses=ANSWERS,
+        summary="Draw samples",
+        openapi_extra=sample_query.parameters(),
+    )
+    async def sample(request: Request) -> Response:
         """n samples from a model; the same seed gives the same samples.
 
         The sampler visits `steps` + 1 noise levels of the model's schedule, or exactly the levels
         given as `sigmas` (from the model's σ_max down to its σ_min; steps is then their number − 1).
         """
-        # The engine and metrics straight from the app's state: each FastAPI dependency costs
-        # about 13 µs a request, and /sample is the hot path (docs/PERFORMANCE.md).
+        encoding = negotiate(request.headers.get("accept"))
+        job = sample_query.job(request)
         result = await run(request.app.state.engine, request.app.state.telemetry, job)
-        return await json_response(sample_payload(result), values=job.n)
+        return await answer(result, encoding, trajectory=False)
 
     @router.get(
-        "/trajectory", response_model=TrajectoryResponse, responses=ERRORS, summary="Draw sampler paths"
+        "/trajectory",
+        response_model=TrajectoryResponse,
+        responses=ANSWERS,
+        summary="Draw sampler paths",
+        openapi_extra=trajectory_query.parameters(),
     )
-    async def trajectory(job: TrajectoryJob, request: Request) -> Response:
+    async def trajectory(request: Request) -> Response:
         """/sample plus the noise levels and each sample's state at every one of them.
 
         `sigmas` in the answer: the levels the sampler visited (the ones given, when given).
         Limited to n × (steps + 1) values (CTM_MAX_TRAJECTORY_VALUES), steps + 1 being the number
         of levels.
         """
+        encoding = negotiate(request.headers.get("accept"))
+        job = trajectory_query.job(request)
         result = await run(request.app.state.engine, request.app.state.telemetry, job)
-        return await json_response(trajectory_payload(result), values=job.n * (job.steps + 2))
+        return await answer(result, encoding, trajectory=True)
 
     return router
