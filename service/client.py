@@ -12,6 +12,9 @@ exceptions. A GET whose connection fails before an answer comes (typically: the 
 kept-alive connection just as the request reused it) is retried once on a new connection; GETs are
 idempotent, and POST /logprob (more than 100 points) is not retried.
 
+Samples and paths come as raw float32 (`Accept: application/octet-stream`), the values exactly as
+computed and no JSON to parse; a server that answers JSON is read as well.
+
 This module needs only httpx and numpy: it imports neither torch nor the server.
 """
 
@@ -39,6 +42,9 @@ DensityName = Literal["onestep", "ode"]
 # answer at all, a reset while reading or writing, or (the connection gone) a failed connect.
 STALE_CONNECTION_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.ConnectError)
 Params = list[tuple[str, str | int | float]]
+# /sample and /trajectory answer their array in this encoding when asked: float32 as computed, no
+# text to parse (the service's `service.api.encoding`).
+RAW_FLOAT32 = "application/octet-stream"
 
 
 class CTMError(Exception):
@@ -69,11 +75,14 @@ class _Call:
     path: str
     params: Params | None = None
     body: bytes | None = None
+    binary: bool = False  # ask for the array as raw float32 (a JSON answer is read as well)
 
     def options(self) -> dict[str, Any]:
         """httpx's request arguments besides the method and path."""
-        headers = {"Content-Type": "application/json"} if self.body is not None else None
-        return {"params": self.params, "content": self.body, "headers": headers}
+        headers = {"Content-Type": "application/json"} if self.body is not None else {}
+        if self.binary:
+            headers["Accept"] = f"{RAW_FLOAT32}, application/json;q=0.5"
+        return {"params": self.params, "content": self.body, "headers": headers or None}
 
 
 def _sampling_call(
@@ -92,7 +101,7 @@ def _sampling_call(
     params: Params = [(name, value) for name, value in given.items() if value is not None]
     if sigmas is not None:
         params += [("sigmas", float(level)) for level in sigmas]  # repeated: ?sigmas=10&sigmas=0.002
-    return _Call("GET", path, params)
+    return _Call("GET", path, params, binary=True)
 
 
 def _logprob_call(x: Sequence[float] | np.ndarray, model: str | None, density: DensityName | None) -> _Call:
@@ -109,8 +118,10 @@ def _logprob_call(x: Sequence[float] | np.ndarray, model: str | None, density: D
 
 
 def _answer(response: httpx.Response) -> Any:
-    """The JSON body of a success; `CTMError` for an error answer."""
+    """The JSON body of a success (a binary one as the same fields); `CTMError` for an error answer."""
     if response.is_success:
+        if response.headers.get("content-type", "").startswith(RAW_FLOAT32):
+            return _binary_body(response)
         return response.json()
     detail, errors = response.reason_phrase or "error", []
     try:
@@ -122,6 +133,17 @@ def _answer(response: httpx.Response) -> Any:
         detail = body["detail"] if isinstance(body.get("detail"), str) else detail
         errors = body["errors"] if isinstance(body.get("errors"), list) else []
     raise CTMError(response.status_code, detail, errors)
+
+
+def _binary_body(response: httpx.Response) -> dict[str, Any]:
+    """A raw float32 answer (docs/SERVING.md, "Binary answers") as the JSON answer's fields: the
+    array is `samples` (shape (n,)) or `paths` (shape (n, levels), with `sigmas`)."""
+    shape = tuple(int(size) for size in response.headers["ctm-shape"].split(","))
+    values = np.frombuffer(response.content, dtype="<f4").reshape(shape)
+    if len(shape) == 1:
+        return {"samples": values}
+    sigmas = [float(level) for level in response.headers["ctm-sigmas"].split(",")]
+    return {"paths": values, "sigmas": sigmas, "n": shape[0]}
 
 
 def _states(values: Any) -> np.ndarray:

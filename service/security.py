@@ -16,6 +16,7 @@ from pydantic import SecretStr
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.api.encoding import EXPOSED_HEADERS
 from service.api.responses import error_response
 from service.config import Settings
 
@@ -93,6 +94,8 @@ def cors_options(settings: Settings) -> dict[str, Any]:
         "allow_origins": settings.cors_origins,
         "allow_methods": ["GET", "POST"],
         "allow_headers": ["Authorization", API_KEY_HEADER],
+        # A page reading a binary answer needs its fields, which come in headers.
+        "expose_headers": EXPOSED_HEADERS,
         "allow_credentials": False,
     }
 
