@@ -1,10 +1,13 @@
-"""Dynamic batching: jobs that wait for the executor together, and are compatible, run as one call.
+"""Dynamic batching: jobs that wait together, and are compatible, run as one call.
 
-No job waits on purpose: when a slot is free the next job runs at once, alone if nothing else
-waits. Jobs that arrive while every slot is busy queue up, and when a slot frees, the oldest
-waiting job runs together with every later waiting job of the same key (up to `max_rows` rows),
-as continuous batching in LitServe and Triton does without their batching delay. A cancelled job
-(its request timed out or went away) that still waits is dropped, never run.
+No job waits on purpose. Jobs submitted in one turn of the event loop (the requests read together
+from the network) are dispatched together at the end of that turn; jobs that arrive while every
+slot is busy queue up. A dispatch takes the oldest waiting job with every later waiting job of the
+same key (up to `max_rows` rows), as continuous batching in LitServe and Triton does without their
+batching delay. A batch that `inline` calls small runs at once on the event loop's thread (the hop
+to a pool thread and back would cost more than the work); any other batch takes a free slot of the
+executor, or waits for one. A cancelled job (its request timed out or went away) that still waits
+is dropped, never run.
 
 The `Batcher` lives on one event loop and is not thread-safe; only `run` goes to the executor.
 """
@@ -32,6 +35,7 @@ class Batcher(Generic[J, R]):
 
     `key(job)`: jobs with equal keys may share a batch; None: the job always runs alone.
     `rows(job)`: its size, so that a batch holds at most `max_rows` rows (a larger job runs alone).
+    `inline(jobs)`: whether a batch is small enough to run on the event loop's thread.
     """
 
     def __init__(
@@ -43,6 +47,7 @@ class Batcher(Generic[J, R]):
         key: Callable[[J], Hashable | None],
         rows: Callable[[J], int],
         max_rows: int,
+        inline: Callable[[list[J]], bool] = lambda jobs: False,
     ) -> None:
         self._executor = executor
         self._run = run
@@ -50,14 +55,19 @@ class Batcher(Generic[J, R]):
         self._key = key
         self._rows = rows
         self.max_rows = max_rows
+        self._inline = inline
         self._waiting: deque[_Waiting[J, R]] = deque()
         self._running = 0
+        self._running_jobs = 0
+        self._dispatch_due = False
 
     async def submit(self, job: J) -> tuple[R, int]:
         """The result of `job`, and the size of the batch it ran in."""
         future: asyncio.Future[tuple[R, int]] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Waiting(job, future))
-        self._dispatch()
+        if not self._dispatch_due:  # the first job of this loop turn: dispatch once all have come
+            self._dispatch_due = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
         return await future  # cancelling the caller cancels `future`: a waiting job is then dropped
 
     @property
@@ -66,25 +76,35 @@ class Batcher(Generic[J, R]):
         return self._running == 0 and not self._waiting
 
     @property
+    def running_jobs(self) -> int:
+        """Jobs in the batches the executor holds (started, or queued behind other work)."""
+        return self._running_jobs
+
+    @property
     def waiting(self) -> int:
         """Jobs queued for a slot (cancelled ones included until the next dispatch drops them)."""
         return len(self._waiting)
 
     def _dispatch(self) -> None:
-        while self._running < self._slots:
-            batch = self._take_batch()
-            if not batch:
+        self._dispatch_due = False
+        while batch := self._take_batch():
+            jobs = [w.job for w in batch]
+            if self._inline(jobs):
+                try:
+                    self._settle(batch, results=self._run(jobs))
+                except Exception as exc:  # the jobs' error, not the loop's: theirs to raise
+                    self._settle(batch, error=exc)
+                continue
+            if self._running >= self._slots:
+                self._waiting.extendleft(reversed(batch))  # first again when a slot frees
                 return
             try:
-                done = asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._run, [w.job for w in batch]
-                )
+                done = asyncio.get_running_loop().run_in_executor(self._executor, self._run, jobs)
             except RuntimeError as exc:  # the executor was shut down
-                for waiting in batch:
-                    if not waiting.future.done():
-                        waiting.future.set_exception(exc)
+                self._settle(batch, error=exc)
                 continue
             self._running += 1
+            self._running_jobs += len(batch)
             done.add_done_callback(functools.partial(self._finish, batch))
 
     def _take_batch(self) -> list[_Waiting[J, R]]:
@@ -116,15 +136,26 @@ class Batcher(Generic[J, R]):
 
     def _finish(self, batch: list[_Waiting[J, R]], done: "asyncio.Future[Sequence[R]]") -> None:
         self._running -= 1
+        self._running_jobs -= len(batch)
         if done.cancelled():
             for waiting in batch:
                 waiting.future.cancel()
         elif (exc := done.exception()) is not None:
+            self._settle(batch, error=exc)
+        else:
+            self._settle(batch, results=done.result())
+        self._dispatch()
+
+    @staticmethod
+    def _settle(
+        batch: list[_Waiting[J, R]], results: Sequence[R] = (), error: BaseException | None = None
+    ) -> None:
+        """Give each job of `batch` its result and the batch's size (or the batch's error)."""
+        if error is not None:
             for waiting in batch:
                 if not waiting.future.done():
-                    waiting.future.set_exception(exc)
-        else:
-            for waiting, result in zip(batch, done.result(), strict=True):
-                if not waiting.future.done():
-                    waiting.future.set_result((result, len(batch)))
-        self._dispatch()
+                    waiting.future.set_exception(error)
+            return
+        for waiting, result in zip(batch, results, strict=True):
+            if not waiting.future.done():
+                waiting.future.set_result((result, len(batch)))

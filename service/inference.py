@@ -108,9 +108,10 @@ def use_threads(threads: int) -> None:
     ROWS.configure(threads)
 
 
-# A job of at most this many rows × network evaluations (about 2.5 ms on one core) that arrives
-# alone runs on the event loop's own thread: the hop to a pool thread and back costs 0.12 ms, a
-# sixth of a lone 1,000-sample request (docs/PERFORMANCE.md).
+# A batch of at most this many rows × network evaluations (about 2.5 ms on one core) runs on the
+# event loop's own thread: the hop to a pool thread and back costs 0.12 ms, a sixth of a lone
+# 1,000-sample request, and the GIL makes a pool thread's Python stall the loop anyway
+# (docs/PERFORMANCE.md).
 INLINE_MAX_ROW_EVALS = 4096
 # Most rows in one batch (CTM_BATCH_MAX_ROWS): 16,384 measured best with 64 clients at n = 100 to
 # 1,000 (docs/PERFORMANCE.md); larger batches only make their first jobs wait longer.
@@ -150,7 +151,8 @@ class InferenceEngine:
     ) -> None:
         self.device = device
         self.torch_threads = torch_threads
-        # Built on the event loop's thread, which runs lone small jobs itself (`_alone`): its ops
+        self.inline_max_row_evals = INLINE_MAX_ROW_EVALS
+        # Built on the event loop's thread, which runs small batches itself (`_inline`): its ops
         # single-threaded too (OpenMP's thread count is per calling thread).
         use_threads(torch_threads)
         self._executor = ThreadPoolExecutor(
@@ -159,7 +161,6 @@ class InferenceEngine:
             initializer=use_threads,
             initargs=(torch_threads,),
         )
-        self._arriving = 0  # small jobs deciding whether they are alone (`_alone`)
         self._batcher: Batcher[_Pending, SamplingResult] = Batcher(
             self._executor,
             self._run,
@@ -167,6 +168,7 @@ class InferenceEngine:
             key=lambda pending: self._batch_key(pending.job),
             rows=lambda pending: pending.job.n,
             max_rows=max_batch_rows,
+            inline=self._inline,
         )
 
     def _batch_key(self, job: SamplingJob) -> Hashable | None:
@@ -176,6 +178,14 @@ class InferenceEngine:
             return None
         # id(): the waiting jobs hold their models, so no two live models share an id.
         return (id(job.model), *batch_key(job))
+
+    def _inline(self, batch: list[_Pending]) -> bool:
+        """Whether a batch is small enough to run on the event loop's thread (a CPU one only: a
+        GPU's launches and copies would stall the loop)."""
+        if self.device.type != "cpu":
+            return False
+        evaluations = sum(p.job.n * nfe_of(p.job.sampler, p.job.steps) for p in batch)
+        return evaluations <= self.inline_max_row_evals
 
     def _run(self, batch: list[_Pending]) -> list[SamplingResult]:
         jobs = [pending.job for pending in batch]
@@ -198,14 +208,11 @@ class InferenceEngine:
     async def sample(self, job: SamplingJob) -> SamplingResult:
         """The trajectory for `job`; raises ValueError if ctm_core refuses the arguments."""
         start = time.perf_counter()
-        if await self._alone(job):
-            result, batch = run_job(job, self.device), 1
-        else:
-            pending = _Pending(job)
-            try:
-                result, batch = await self._batcher.submit(pending)
-            finally:
-                pending.gone.set()  # answered, or the request is gone: its batch may stop
+        pending = _Pending(job)
+        try:
+            result, batch = await self._batcher.submit(pending)
+        finally:
+            pending.gone.set()  # answered, or the request is gone: its batch may stop
         logger.info(
             "sampled model=%s sampler=%s steps=%d n=%d seed=%d noise=%s nfe=%d batch=%d seconds=%.4f",
             job.model.name,
@@ -219,21 +226,6 @@ class InferenceEngine:
             time.perf_counter() - start,
         )
         return result
-
-    async def _alone(self, job: SamplingJob) -> bool:
-        """Whether a small CPU job is the only one in the process, so it may run inline.
-
-        Requests that reach the server together get their tasks in the same turn of the event
-        loop; yielding once lets them all get here before any decides, and then none is alone.
-        """
-        if self.device.type != "cpu" or job.n * nfe_of(job.sampler, job.steps) > INLINE_MAX_ROW_EVALS:
-            return False
-        self._arriving += 1
-        try:
-            await asyncio.sleep(0)
-            return self._arriving == 1 and self._batcher.idle
-        finally:
-            self._arriving -= 1
 
     async def call(self, fn: Callable[..., T], *args: object) -> T:
         """fn(*args) on the same pool: other CPU work of a request (figures, metrics) shares its budget."""

@@ -33,19 +33,26 @@ async def serve(checkpoint_dir: Path, **settings: Any) -> AsyncIterator[httpx.As
 
 async def gather_while_held(engine: InferenceEngine, requests: Sequence[Awaitable[T]]) -> list[T]:
     """Await `requests` (each one sampling job, arriving together) while the engine's only inference
-    thread (inference_threads=1) is held by an event: the first job goes to the held thread, the rest
-    wait in the batcher. Once all of them are queued the thread is released, and they run in
-    batches. No sleep decides whether they were queued in time."""
+    thread (inference_threads=1) is held by an event: the first batch queues behind the held thread, the
+    rest wait in the batcher. Once all of them are queued the thread is released, and they run in
+    batches. No sleep decides whether they were queued in time. Meanwhile small batches go to the
+    pool too (none runs inline on the event loop), so that every request queues."""
     release = threading.Event()
+    inline_max = engine.inline_max_row_evals
+    engine.inline_max_row_evals = 0
     held = asyncio.ensure_future(engine.call(release.wait, QUEUE_TIMEOUT_S))
     together = asyncio.ensure_future(asyncio.gather(*requests))
     try:
         deadline = time.monotonic() + QUEUE_TIMEOUT_S
-        while engine._batcher.waiting < len(requests) - 1:
+        # Every job waits, or is in a batch queued behind the held thread.
+        while (queued := engine._batcher.waiting + engine._batcher.running_jobs) < len(requests):
             if time.monotonic() > deadline or together.done():
-                raise AssertionError(f"only {engine._batcher.waiting} of {len(requests)} jobs queued")
+                raise AssertionError(f"only {queued} of {len(requests)} jobs queued")
             await asyncio.sleep(0.002)
     finally:
         release.set()
-    await held
-    return await together
+    try:
+        await held
+        return await together
+    finally:
+        engine.inline_max_row_evals = inline_max

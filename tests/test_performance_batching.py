@@ -78,13 +78,15 @@ async def test_jobs_waiting_together_with_one_key_run_as_one_batch() -> None:
     run = _Recorder()
     with ThreadPoolExecutor(1) as executor:
         batcher = _batcher(run, executor, max_rows=100)
-        jobs = [("a", 1), ("a", 2), ("b", 3), ("a", 90), ("alone", 1), ("alone", 1), ("a", 7), ("b", 4)]
+        first = asyncio.create_task(batcher.submit(("a", 1)))
+        await asyncio.sleep(0.05)  # dispatched alone: nothing else waited; it holds the only slot
+        jobs = [("a", 2), ("b", 3), ("a", 90), ("alone", 1), ("alone", 1), ("a", 7), ("b", 4)]
         tasks = [asyncio.create_task(batcher.submit(job)) for job in jobs]
         await asyncio.sleep(0.05)
-        assert batcher.waiting == len(jobs) - 1  # the first runs at once, alone
+        assert batcher.waiting == len(jobs)
         run.gate.set()
-        results = await asyncio.gather(*tasks)
-    assert [result for result, _ in results] == [f"{k}:{r}" for k, r in jobs]
+        results = [await first, *await asyncio.gather(*tasks)]
+    assert [result for result, _ in results] == [f"{k}:{r}" for k, r in [("a", 1), *jobs]]
     # Oldest first; each takes every later waiting job of its key that fits in max_rows.
     assert run.batches == [
         [("a", 1)],
@@ -96,11 +98,62 @@ async def test_jobs_waiting_together_with_one_key_run_as_one_batch() -> None:
     assert [size for _, size in results] == [1, 3, 2, 3, 1, 1, 3, 2]
 
 
+async def test_jobs_submitted_in_one_loop_turn_share_a_batch_even_with_a_free_slot() -> None:
+    run = _Recorder()
+    run.gate.set()
+    with ThreadPoolExecutor(2) as executor:
+        batcher = Batcher(executor, run, slots=2, key=lambda j: j[0], rows=lambda j: j[1], max_rows=100)
+        results = await asyncio.gather(*(batcher.submit(("a", rows)) for rows in (1, 2, 3)))
+    assert run.batches == [[("a", 1), ("a", 2), ("a", 3)]]
+    assert [size for _, size in results] == [3, 3, 3]
+
+
+async def test_small_batches_run_on_the_loop_thread_and_large_ones_in_the_pool() -> None:
+    threads: list[tuple[list[int], int]] = []
+
+    def run(jobs: list[int]) -> list[int]:
+        threads.append((jobs, threading.get_ident()))
+        return [2 * job for job in jobs]
+
+    with ThreadPoolExecutor(1) as executor:
+        batcher: Batcher[int, int] = Batcher(
+            executor,
+            run,
+            slots=1,
+            key=lambda j: "k",
+            rows=lambda j: j,
+            max_rows=100,
+            inline=lambda b: sum(b) <= 5,
+        )
+        small = await asyncio.gather(*(batcher.submit(job) for job in (1, 2, 2)))
+        large = await asyncio.gather(*(batcher.submit(job) for job in (3, 4)))
+    loop_thread = threading.get_ident()
+    assert threads[0] == ([1, 2, 2], loop_thread)
+    assert threads[1][0] == [3, 4] and threads[1][1] != loop_thread
+    assert small == [(2, 3), (4, 3), (4, 3)] and large == [(6, 2), (8, 2)]
+
+
+async def test_an_error_of_an_inline_batch_reaches_its_jobs_and_the_batcher_goes_on() -> None:
+    def run(jobs: list[int]) -> list[int]:
+        if 0 in jobs:
+            raise ValueError("refused")
+        return jobs
+
+    with ThreadPoolExecutor(1) as executor:
+        batcher: Batcher[int, int] = Batcher(
+            executor, run, slots=1, key=lambda j: j == 0, rows=lambda j: 1, max_rows=9, inline=lambda b: True
+        )
+        outcomes = await asyncio.gather(*(batcher.submit(j) for j in (0, 1, 0, 2)), return_exceptions=True)
+    assert [type(o) for o in outcomes] == [ValueError, tuple, ValueError, tuple]
+    assert outcomes[1] == (1, 2) and outcomes[3] == (2, 2)
+
+
 async def test_a_cancelled_waiting_job_never_runs() -> None:
     run = _Recorder()
     with ThreadPoolExecutor(1) as executor:
         batcher = _batcher(run, executor)
         first = asyncio.create_task(batcher.submit(("a", 1)))
+        await asyncio.sleep(0.05)  # running, alone: the next two wait
         doomed = asyncio.create_task(batcher.submit(("a", 2)))
         kept = asyncio.create_task(batcher.submit(("a", 3)))
         await asyncio.sleep(0.05)
@@ -226,40 +279,47 @@ async def test_same_request_same_samples_under_concurrent_load(
 # ---- a lone small job runs on the event loop's thread ----------------------------------------------
 
 
-async def test_a_lone_small_job_runs_inline_and_concurrent_ones_go_to_the_pool(
+async def test_small_batches_run_inline_and_large_ones_go_to_the_pool(
     model: LoadedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     threads: list[int] = []
+    sizes: list[int] = []
 
     def recording_run_batch(jobs: list[SamplingJob], device: torch.device, **kwargs: Any) -> list[Any]:
         threads.append(threading.get_ident())
+        sizes.append(len(jobs))
         return run_batch(jobs, device, **kwargs)
 
     monkeypatch.setattr(inference, "run_batch", recording_run_batch)
     engine = inference.InferenceEngine(CPU, inference_threads=1, torch_threads=1)
     loop_thread = threading.get_ident()
-    try:
-        small = SamplingJob(
-            model=model, sampler="multistep", steps=4, n=1000, seed=1, noise="random", gamma=0.0
+
+    def job(n: int, seed: int, sampler: str = "multistep", steps: int = 4) -> SamplingJob:
+        return SamplingJob(
+            model=model, sampler=sampler, steps=steps, n=n, seed=seed, noise="random", gamma=0.0
         )
+
+    try:
+        small = job(1000, 1)
         result = await engine.sample(small)  # 4,000 row-evaluations ≤ INLINE_MAX_ROW_EVALS
         assert threads == [loop_thread]
         np.testing.assert_array_equal(result.states, run_job(small, CPU).states)
 
-        large = SamplingJob(
-            model=model, sampler="multistep", steps=4, n=1100, seed=1, noise="random", gamma=0.0
-        )
-        await engine.sample(large)
+        await engine.sample(job(1100, 1))
         assert threads[-1] != loop_thread
 
+        # Arriving together, small jobs run as one batch on the loop's thread, each its own samples.
         threads.clear()
-        together = [
-            SamplingJob(model=model, sampler="onestep", steps=1, n=10, seed=s, noise="random", gamma=0.0)
-            for s in range(4)
-        ]
-        results = await asyncio.gather(*(engine.sample(job) for job in together))
-        assert threads and loop_thread not in threads  # arriving together, none is alone
-        for job, got in zip(together, results, strict=True):
-            np.testing.assert_array_equal(got.states, run_job(job, CPU).states)
+        sizes.clear()
+        together = [job(10, s, "onestep", 1) for s in range(4)]
+        results = await asyncio.gather(*(engine.sample(j) for j in together))
+        assert threads == [loop_thread] and sizes == [4]
+        for one, got in zip(together, results, strict=True):
+            np.testing.assert_array_equal(got.states, run_job(one, CPU).states)
+
+        # Together past the limit (4 × 1,100 row-evaluations), they go to the pool.
+        threads.clear()
+        await asyncio.gather(*(engine.sample(job(1100, s, "onestep", 1)) for s in range(4)))
+        assert threads and loop_thread not in threads
     finally:
         engine.shutdown()
