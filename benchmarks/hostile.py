@@ -34,7 +34,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.serve import REPO_ROOT, Server, server_env
+from benchmarks.harness import REPO_ROOT, Server, server_env
 from service.config import Settings
 
 BODY_BYTES = 400_000_000

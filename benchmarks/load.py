@@ -44,7 +44,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script: benchmarks/ is not an installed package
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.serve import Server  # noqa: E402
+from benchmarks.harness import Server  # noqa: E402
 
 SWAPPED = "swapped"  # the model whose file the reloader replaces, back and forth
 EPHEMERAL = "ephemeral"  # added and removed by the reloader; clients never ask for it

@@ -53,6 +53,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script: benchmarks/ is not an installed package
     sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.harness import memory_mb  # noqa: E402
 from benchmarks.load import (  # noqa: E402
     EPHEMERAL,
     SWAPPED,
@@ -63,7 +64,6 @@ from benchmarks.load import (  # noqa: E402
     rss_slope,
     start_server,
 )
-from benchmarks.serve import memory_mb  # noqa: E402
 
 MAX_N = 100_000  # the service's default CTM_MAX_N
 MAX_TRAJECTORY_VALUES = 1_000_000  # its default CTM_MAX_TRAJECTORY_VALUES
