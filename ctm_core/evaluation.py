@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from ctm_core.baselines import BASELINES, BaselineUnavailable, MixtureEstimator, fit_baseline
 from ctm_core.config import NoiseConfig
 from ctm_core.exact import exact_flow
 from ctm_core.likelihood import density_log_prob, has_onestep_density
@@ -194,7 +195,8 @@ def format_report(rows: list[dict[str, Any]], user_data: bool = False) -> str:
 
 def format_heldout_likelihood(likelihood: dict[str, Any], count: int) -> str:
     """The training report's held-out likelihood lines, from `train.heldout_log_likelihood`'s dict
-    ("model", "density", "kde") and the number of held-out values it averaged over."""
+    ("model", "density", "kde", and the other baselines' keys) and the number of held-out values
+    it averaged over."""
     how = {
         "onestep": "the one-step sampler's own density, by the change of variables of its map",
         "ode": "the PF-ODE's density, by the instantaneous change of variables (RK4)",
@@ -203,8 +205,31 @@ def format_heldout_likelihood(likelihood: dict[str, Any], count: int) -> str:
         f"held-out mean log-likelihood ({count:,} values never trained on; nats per value, higher is "
         f"better): model {likelihood['model']:.4f} ({likelihood['density']} density), "
         f"gaussian_kde (Scott) of the training split {likelihood['kde']:.4f}\n"
-        f"  model: mean log p(x) of the held-out x under {how}, the density /logprob serves by default"
+        f"  model: mean log p(x) of the held-out x under {how}, the density /logprob serves by default\n"
+        f"  {_format_other_baselines(likelihood)}"
     )
+
+
+def _format_other_baselines(likelihood: dict[str, Any]) -> str:
+    """The report's line on the ISJ KDE and the BIC mixture: their scores, why not, or how to get them."""
+    if "baselines_missing" in likelihood:
+        return "(install '.[baselines]' to compare with ISJ and BIC mixture)"
+    parts = []
+    for name in HELDOUT_BASELINES:
+        label = BASELINES[name].label
+        if name == "bic_mixture" and name in likelihood:
+            label += f" ({likelihood['bic_mixture_components']} components)"
+        if name in likelihood:
+            parts.append(f"{label} {likelihood[name]:.4f}")
+        else:
+            parts.append(f"{label} not fitted ({likelihood.get(f'{name}_error', 'no result')})")
+    return "other baselines fitted on the training split: " + ", ".join(parts)
+
+
+# Baselines besides Scott's KDE in the held-out report (`ctm_core.baselines`), and the most training
+# values the mixture's EM sees (rank-evenly spaced; its ten fits would otherwise take minutes).
+HELDOUT_BASELINES = ("isj_kde", "bic_mixture")
+MIXTURE_MAX_VALUES = 20_000
 
 
 def heldout_log_likelihood(
@@ -213,13 +238,43 @@ def heldout_log_likelihood(
     task: EmpiricalTask,
     holdout: np.ndarray,
     kde: stats.gaussian_kde | None = None,
-) -> dict[str, float | str]:
+) -> dict[str, float | int | str]:
     """Mean log p(holdout) under the density /logprob serves by default — the one-step sampler's
     own (`onestep_log_prob`) for a monotone network, else the PF-ODE's — and under a Scott's-rule
-    KDE of the training split (`kde`, default: fitted on all of task's values)."""
+    KDE of the training split (`kde`, default: fitted on all of task's values).
+
+    With the baselines extra installed, also under the ISJ KDE ("isj_kde") and the BIC-chosen
+    Gaussian mixture ("bic_mixture", "bic_mixture_components") of the training values; a baseline
+    that cannot be fitted gives "<name>_error" instead, a missing extra "baselines_missing".
+    """
     points = torch.as_tensor(holdout, dtype=torch.float32)
     density = "onestep" if has_onestep_density(model) else "ode"
     logp = density_log_prob(model, points, noise, density)
     if kde is None:
         kde = stats.gaussian_kde(task.values, bw_method="scott")
-    return {"model": float(logp.mean()), "kde": float(kde.logpdf(holdout).mean()), "density": density}
+    result: dict[str, float | int | str] = {
+        "model": float(logp.mean()),
+        "kde": float(kde.logpdf(holdout).mean()),
+        "density": density,
+    }
+    return result | _other_baselines(task.values, holdout)
+
+
+def _other_baselines(values: np.ndarray, holdout: np.ndarray) -> dict[str, float | int | str]:
+    """Held-out mean log-likelihood of the ISJ KDE and the BIC mixture fitted on `values` (sorted)."""
+    result: dict[str, float | int | str] = {}
+    for name in HELDOUT_BASELINES:
+        fit_values = values
+        if name == "bic_mixture" and values.size > MIXTURE_MAX_VALUES:
+            fit_values = values[np.linspace(0, values.size - 1, MIXTURE_MAX_VALUES).astype(np.int64)]
+        try:
+            estimator = fit_baseline(name, fit_values)
+        except BaselineUnavailable as exc:
+            return {"baselines_missing": str(exc)}
+        except ValueError as exc:  # e.g. ISJ finds no bandwidth on a handful of values
+            result[f"{name}_error"] = str(exc)
+            continue
+        result[name] = float(estimator.log_prob(holdout).mean())
+        if isinstance(estimator, MixtureEstimator):
+            result["bic_mixture_components"] = estimator.components
+    return result

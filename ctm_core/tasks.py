@@ -424,9 +424,13 @@ TASKS: dict[str, Task] = _builtin_tasks()
 
 
 def get_task(name: str) -> Task:
-    """The built-in task called name; KeyError listing the valid names otherwise."""
+    """The built-in task or Marron–Wand density called name; KeyError listing the valid names otherwise."""
+    # Imported here, not at the top: ctm_core.marron_wand builds on this module's GaussianMixture.
+    from ctm_core.marron_wand import MARRON_WAND
+
+    known = TASKS | MARRON_WAND
     try:
-        return TASKS[name]
+        return known[name]
     except KeyError:
-        valid = ", ".join(sorted(TASKS))
+        valid = ", ".join(sorted(known))
         raise KeyError(f"unknown task {name!r}; valid tasks: {valid}") from None

@@ -43,6 +43,7 @@ from ctm_core.distributed import (
 )
 from ctm_core.evaluation import evaluate, format_heldout_likelihood, format_report, heldout_log_likelihood
 from ctm_core.machine import DeviceError, resolve_device, usable_cpus
+from ctm_core.marron_wand import MARRON_WAND
 from ctm_core.recipe import noise_for
 from ctm_core.tasks import TASKS
 from ctm_core.trainer import Trainer
@@ -66,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument(
         "--task",
         default=None,
-        choices=[*sorted(TASKS), "all"],
-        help="built-in 1D task (default two_gmm_1D); 'all' trains every task into the --out folder",
+        choices=[*sorted(TASKS), *sorted(MARRON_WAND), "all"],
+        help="built-in 1D task (default two_gmm_1D) or a Marron–Wand benchmark density (mw01_…mw15_…); "
+        "'all' trains the built-in tasks into the --out folder",
     )
     src.add_argument(
         "--data", type=Path, help="your own values: .npy, .csv (one column) or .txt (one a line)"

@@ -1,6 +1,7 @@
 """ctm_core.evaluation: the rows of the table, their NFE, and qW1 against known answers."""
 
 import math
+import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -8,11 +9,19 @@ import pytest
 import torch
 from scipy import special
 
+from ctm_core.baselines import fit_baseline
 from ctm_core.checkpoint import build_model
 from ctm_core.config import NetworkConfig, NoiseConfig
-from ctm_core.evaluation import DEFAULT_SPECS, EvalSpec, evaluate, format_table
+from ctm_core.evaluation import (
+    DEFAULT_SPECS,
+    EvalSpec,
+    evaluate,
+    format_heldout_likelihood,
+    format_table,
+    heldout_log_likelihood,
+)
 from ctm_core.parametrization import CTMParametrization
-from ctm_core.tasks import TASKS, Task, get_task
+from ctm_core.tasks import TASKS, EmpiricalTask, Task, get_task
 
 TASK = get_task("two_gmm_1D")
 NOISE = NoiseConfig(sigma_data=TASK.std)
@@ -201,3 +210,37 @@ def test_format_table(untrained_rows: list[dict]) -> None:
     assert "W1 hold" in table.splitlines()[0]
     assert table.splitlines()[2].endswith("0.1250")
     assert table.splitlines()[3].endswith("nan")  # a row without the column stays aligned
+
+
+def test_heldout_likelihood_adds_the_isj_kde_and_the_bic_mixture() -> None:
+    pytest.importorskip("KDEpy")
+    pytest.importorskip("sklearn")
+    values = TASK.sample(1_200, torch.Generator().manual_seed(0)).double().numpy()
+    train, holdout = values[:1_000], values[1_000:]
+    got = heldout_log_likelihood(_tiny(0), NOISE, EmpiricalTask(train), holdout)
+    assert {"model", "kde", "density", "isj_kde", "bic_mixture", "bic_mixture_components"} <= set(got)
+    assert got["isj_kde"] == pytest.approx(float(fit_baseline("isj_kde", train).log_prob(holdout).mean()))
+    mixture = fit_baseline("bic_mixture", train)
+    assert got["bic_mixture"] == pytest.approx(float(mixture.log_prob(holdout).mean()))
+    assert got["bic_mixture_components"] == mixture.components == 2
+    last = format_heldout_likelihood(got, holdout.size).splitlines()[-1]
+    assert f"ISJ KDE {got['isj_kde']:.4f}" in last and "BIC mixture (2 components)" in last
+
+
+def test_heldout_likelihood_without_the_baselines_extra_says_how_to_get_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "KDEpy", None)
+    values = TASK.sample(300, torch.Generator().manual_seed(1)).double().numpy()
+    got = heldout_log_likelihood(_tiny(0), NOISE, EmpiricalTask(values[:200]), values[200:])
+    assert "isj_kde" not in got and "bic_mixture" not in got and "baselines_missing" in got
+    text = format_heldout_likelihood(got, 100)
+    assert text.splitlines()[-1].strip() == "(install '.[baselines]' to compare with ISJ and BIC mixture)"
+
+
+def test_a_baseline_that_cannot_be_fitted_is_reported_not_fatal() -> None:
+    pytest.importorskip("KDEpy")
+    # Two training values: ISJ finds no bandwidth; the mixture has one component.
+    got = heldout_log_likelihood(_tiny(0), NOISE, EmpiricalTask(np.array([0.0, 1.0])), np.array([0.5]))
+    assert "isj_kde" not in got and "Root finding" in str(got["isj_kde_error"])
+    assert "ISJ KDE not fitted (Root finding" in format_heldout_likelihood(got, 1)
