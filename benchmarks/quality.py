@@ -20,10 +20,9 @@ from typing import Any
 
 import torch
 
-from ctm_core import train as train_cli
 from ctm_core.checkpoint import CheckpointError, load_checkpoint
 from ctm_core.cli import HelpFormatter, UsageError
-from ctm_core.config import NoiseConfig
+from ctm_core.config import NoiseConfig, default_config, with_overrides
 from ctm_core.evaluation import EvalSpec, evaluate
 from ctm_core.machine import cpu_name, resolve_device, usable_cpus
 from ctm_core.parametrization import CTMParametrization
@@ -178,12 +177,12 @@ def load_models(paths: list[Path], tasks: set[str] | None, notes: list[str]) -> 
     return models
 
 
-def retrain(task_name: str, mode: str, overrides: list[str], threads: int) -> Model:
-    """Train `task_name` in-process with `python -m ctm_core.train`'s default recipe (+ --set overrides)."""
-    argv = ["--task", task_name, "--mode", mode, "--threads", str(threads), "--eval-n", "0", "--no-progress"]
-    for item in overrides:
-        argv += ["--set", item]
-    config = train_cli.config_from_args(train_cli.build_parser().parse_args(argv))
+def retrain(task_name: str, mode: str, overrides: list[str]) -> Model:
+    """Train `task_name` in-process with the default recipe of `mode` (+ `--set`-style overrides)."""
+    try:
+        config = with_overrides(default_config(mode).model_copy(update={"task": task_name}), overrides)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     task, _, _ = load_task(config)
     config = noise_for(config, task)
     trainer = Trainer(config, task.sample, resolve_device(config.device), progress=False)
@@ -467,7 +466,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         for name in retrain_tasks:
             for mode in args.retrain:
                 print(f"training {name} ({mode}) with the default recipe …", file=sys.stderr, flush=True)
-                model = retrain(name, mode, args.overrides, args.threads)
+                model = retrain(name, mode, args.overrides)
                 print(f"  trained in {model.train_seconds:.1f} s", file=sys.stderr, flush=True)
                 models.append(model)
     if not models:

@@ -1,9 +1,11 @@
 """Typed configuration of the network, the noise range and training: one place, with the defaults."""
 
+import json
 import math
-from typing import Literal
+from collections.abc import Iterable
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # Seeds of sampling and training: any 63-bit integer (`ctm_core.seeding` gives each its own stream).
 MAX_SEED = 2**63 - 1
@@ -144,3 +146,33 @@ def default_config(mode: str = "distill") -> TrainConfig:
     if mode == "scratch":
         return TrainConfig(mode="scratch", ctm=CTMConfig(**_SCRATCH_CTM))
     return TrainConfig(mode="distill")
+
+
+def with_overrides(config: TrainConfig, overrides: Iterable[str]) -> TrainConfig:
+    """`config` with dotted `KEY=VALUE` overrides (`ctm.steps=2000`, `network.width=64`); a value is
+    read as JSON when it parses as JSON, else as a string. ValueError naming the first bad one: not
+    KEY=VALUE ("--set expects ..." is the CLI's word for it), an unknown field, or a value the
+    field refuses."""
+    raw: dict[str, Any] = config.model_dump()
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"--set: unknown field {key!r}")
+            node = node[part]
+        if leaf not in node:
+            raise ValueError(f"--set: unknown field {key!r}")
+        try:
+            node[leaf] = json.loads(value)
+        except json.JSONDecodeError:
+            node[leaf] = value
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"invalid setting {where}: {first['msg']}") from None

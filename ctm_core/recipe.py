@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ctm_core.checkpoint import checkpoint_metadata, save_checkpoint
+from ctm_core.checkpoint import Checkpoint, checkpoint_metadata, load_checkpoint, save_checkpoint
 from ctm_core.config import TrainConfig, default_config
 from ctm_core.tasks import get_task
 from ctm_core.trainer import Trainer
@@ -53,14 +53,45 @@ def train_model(
     trainer = Trainer(config, target.sample, torch.device("cpu"), progress=progress)
     started = time.perf_counter()
     trainer.run()
-    training = {**config.model_dump(), "state": trainer.state_metadata()}
-    training["wall_seconds"] = round(time.perf_counter() - started, 2)
+    info = {"name": target.name, "description": target.description, "kind": target.kind}
+    save_run(out, trainer, config, info, extra={"wall_seconds": round(time.perf_counter() - started, 2)})
+    return Path(out)
+
+
+def save_run(
+    out: str | Path,
+    trainer: Trainer,
+    config: TrainConfig,
+    task: dict[str, Any],
+    *,
+    metrics: dict[str, Any] | None = None,
+    state: dict[str, torch.Tensor] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write a training run's checkpoint: its networks (the teacher too when distilled), the
+    recipe and the trainer's progress (`training`, plus `extra`), `task` and `metrics`; `state`
+    (the optimisers' tensors) makes it resumable."""
+    training = {**config.model_dump(), "state": trainer.state_metadata(), **(extra or {})}
     meta = checkpoint_metadata(
-        network=config.network,
-        noise=config.noise,
-        task={"name": target.name, "description": target.description, "kind": target.kind},
-        training=training,
+        network=config.network, noise=config.noise, task=task, training=training, metrics=metrics or {}
     )
     teacher = trainer.teacher_eval if config.mode == "distill" else None
-    save_checkpoint(out, student=trainer.student_eval, teacher=teacher, metadata=meta)
-    return Path(out)
+    save_checkpoint(out, student=trainer.student_eval, teacher=teacher, metadata=meta, state=state)
+
+
+def resume_state(path: Path, config: TrainConfig, device: torch.device) -> tuple[Checkpoint, dict[str, Any]]:
+    """The checkpoint to resume and its saved progress; ValueError when it was trained with other
+    settings than `config` or holds a finished run."""
+    ckpt = load_checkpoint(path, device=device)
+    saved = dict(ckpt.metadata.get("training", {}))
+    state = saved.pop("state", None)
+    saved.pop("distributed", None)
+    saved.pop("wall_seconds", None)  # `train_model`'s note, not a setting
+    same = TrainConfig.model_validate(saved).model_dump(exclude={"device"}) == config.model_dump(
+        exclude={"device"}
+    )
+    if not same:
+        raise ValueError(f"{path} was trained with other settings; resume with the same command")
+    if not state or state.get("phase") == "done" or not ckpt.state:
+        raise ValueError(f"{path} holds a finished run: nothing to resume")
+    return ckpt, state

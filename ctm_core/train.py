@@ -7,7 +7,6 @@ Under `torchrun --nproc_per_node=N`, N processes train one model with Distribute
 """
 
 import argparse
-import json
 import shlex
 import signal
 import sys
@@ -18,21 +17,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from pydantic import ValidationError
 
 from ctm_core.checkpoint import (
     Checkpoint,
     CheckpointError,
-    checkpoint_metadata,
-    load_checkpoint,
-    save_checkpoint,
 )
-from ctm_core.cli import HelpFormatter, UsageError, error_message, print_error
-from ctm_core.config import TrainConfig, default_config
+from ctm_core.cli import UsageError, error_message, print_error
+from ctm_core.config import TrainConfig
 from ctm_core.data import DataFileError
 from ctm_core.distributed import (
-    AMP_CHOICES,
-    BACKENDS,
     Group,
     LaunchError,
     exit_process,
@@ -42,12 +35,13 @@ from ctm_core.distributed import (
     resolve_backend,
 )
 from ctm_core.evaluation import evaluate, format_heldout_likelihood, format_report, heldout_log_likelihood
-from ctm_core.machine import DeviceError, resolve_device, usable_cpus
-from ctm_core.marron_wand import MARRON_WAND
-from ctm_core.recipe import noise_for
+from ctm_core.machine import DeviceError, resolve_device
+from ctm_core.recipe import noise_for, resume_state, save_run
 from ctm_core.tasks import TASKS
+from ctm_core.train_args import build_parser as build_flags
+from ctm_core.train_args import config_from_args
 from ctm_core.trainer import Trainer
-from ctm_core.training_data import MMAP_MIN_VALUES, TrainingData, load_training_data
+from ctm_core.training_data import TrainingData, load_training_data
 
 _Result = TypeVar("_Result")
 
@@ -57,168 +51,8 @@ class _SharedFailure(UsageError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = TrainConfig()
-    p = argparse.ArgumentParser(
-        prog="python -m ctm_core.train",
-        description=__doc__,
-        formatter_class=HelpFormatter,
-    )
-    src = p.add_argument_group("what to learn")
-    src.add_argument(
-        "--task",
-        default=None,
-        choices=[*sorted(TASKS), *sorted(MARRON_WAND), "all"],
-        help="built-in 1D task (default two_gmm_1D) or a Marron–Wand benchmark density (mw01_…mw15_…); "
-        "'all' trains the built-in tasks into the --out folder",
-    )
-    src.add_argument(
-        "--data", type=Path, help="your own values: .npy, .csv (one column) or .txt (one a line)"
-    )
-    src.add_argument(
-        "--holdout",
-        type=float,
-        default=defaults.holdout,
-        help="fraction of --data held out for evaluation (0 = train on all)",
-    )
-    run = p.add_argument_group("how")
-    run.add_argument(
-        "--mode",
-        choices=["distill", "scratch"],
-        default=defaults.mode,
-        help="distill from an EDM teacher, or train the CTM from scratch",
-    )
-    run.add_argument(
-        "--teacher-steps",
-        type=int,
-        default=defaults.teacher.steps,
-        help="phase 1 (teacher, DSM) optimiser steps",
-    )
-    scratch = default_config("scratch").ctm
-    run.add_argument(
-        "--ctm-steps",
-        type=int,
-        default=None,
-        help=f"phase 2 (CTM student) optimiser steps (default {defaults.ctm.steps}; scratch {scratch.steps})",
-    )
-    run.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help=(
-            f"batch size of both phases (default: teacher {defaults.teacher.batch_size}, "
-            f"CTM {defaults.ctm.batch_size})"
-        ),
-    )
-    run.add_argument(
-        "--lr",
-        type=float,
-        default=None,
-        help=f"peak learning rate of both phases (default: teacher {defaults.teacher.lr:g}, "
-        f"CTM {defaults.ctm.lr:g})",
-    )
-    run.add_argument("--seed", type=int, default=defaults.seed, help="seed of initialisation, data and noise")
-    run.add_argument(
-        "--device", choices=["cpu", "cuda", "auto"], default=defaults.device, help="where to train"
-    )
-    run.add_argument(
-        "--threads",
-        type=int,
-        default=min(2, usable_cpus()),
-        help="torch CPU threads: 2 trained the default network 1.5× faster than 1 on an idle 2-core "
-        "machine, but 10× slower than 1 while other processes kept both cores busy",
-    )
-    run.add_argument(
-        "--amp",
-        choices=AMP_CHOICES,
-        default="auto",
-        help="bfloat16 mixed precision: auto = on with CUDA, off on the CPU",
-    )
-    run.add_argument(
-        "--dist-backend",
-        choices=BACKENDS,
-        default="auto",
-        help="under torchrun: the process group's backend (auto = nccl with CUDA, gloo on the CPU)",
-    )
-    run.add_argument(
-        "--mmap",
-        choices=["auto", "on", "off"],
-        default="auto",
-        help=f"--data .npy: sample the memory-mapped file in place (auto: from {MMAP_MIN_VALUES:,} "
-        "values; off: read it into memory)",
-    )
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=JSON",
-        help="any recipe field, e.g. --set ctm.lambda_dsm=0.05 --set network.width=64",
-    )
-    out = p.add_argument_group("output")
-    out.add_argument(
-        "--out", type=Path, default=None, help="checkpoint to write (default runs/<name>.safetensors)"
-    )
-    out.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
-    out.add_argument(
-        "--resume", type=Path, default=None, metavar="CKPT", help="continue the interrupted run saved in CKPT"
-    )
-    out.add_argument(
-        "--save-every",
-        type=int,
-        default=0,
-        metavar="STEPS",
-        help="also save a resumable checkpoint every STEPS steps (0 = only at the end)",
-    )
-    out.add_argument(
-        "--plots",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="write figures (densities, paths, losses) to DIR",
-    )
-    out.add_argument(
-        "--eval-n", type=int, default=20_000, help="samples per row of the evaluation table (0 skips it)"
-    )
-    out.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The typed recipe: defaults, then the named flags, then --set overrides."""
-    raw: dict[str, Any] = default_config(args.mode).model_dump()
-    raw |= {"mode": args.mode, "holdout": args.holdout, "seed": args.seed, "device": args.device}
-    raw["task"] = None if args.data else (args.task or "two_gmm_1D")
-    raw["data"] = str(args.data) if args.data else None
-    raw["teacher"]["steps"] = args.teacher_steps
-    if args.ctm_steps is not None:
-        raw["ctm"]["steps"] = args.ctm_steps
-    for phase in ("teacher", "ctm"):
-        if args.batch_size is not None:
-            raw[phase]["batch_size"] = args.batch_size
-        if args.lr is not None:
-            raw[phase]["lr"] = args.lr
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
-        *parents, leaf = key.split(".")
-        node = raw
-        for part in parents:
-            if not isinstance(node.get(part), dict):
-                raise UsageError(f"--set: unknown field {key!r}")
-            node = node[part]
-        if leaf not in node:
-            raise UsageError(f"--set: unknown field {key!r}")
-        try:
-            node[leaf] = json.loads(value)
-        except json.JSONDecodeError:
-            node[leaf] = value
-    try:
-        return TrainConfig.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise UsageError(f"invalid setting {where}: {first['msg']}") from None
+    """The command line's parser (`ctm_core.train_args`), with this module's docstring as its help."""
+    return build_flags(__doc__)
 
 
 @dataclass(frozen=True)
@@ -312,7 +146,12 @@ def _train(args: argparse.Namespace, runtime: Runtime) -> int:
             and (args.resume is None or out.resolve() != args.resume.resolve())
         ):
             raise UsageError(f"{out} exists; pass --overwrite to replace it, or --resume {out}")
-        saved = _resume_checkpoint(args.resume, noised, device) if args.resume is not None else None
+        saved = None
+        if args.resume is not None:
+            try:
+                saved = resume_state(args.resume, noised, device)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
         return data, noised, out, saved
 
     data, config, out, saved = _agreed(group, prepare)
@@ -335,25 +174,12 @@ def _train(args: argparse.Namespace, runtime: Runtime) -> int:
         metrics: dict[str, Any] = {}
         if final:
             metrics = {"rows": rows} | ({"heldout_log_likelihood": likelihood} if likelihood else {})
-        training = {**config.model_dump(), "state": trainer.state_metadata()}
+        extra: dict[str, Any] = {}
         if group.distributed:
-            training["distributed"] = group.describe()
+            extra["distributed"] = group.describe()
             if final and trainer.replicas_sha256:
-                training["distributed"]["replicas_sha256"] = trainer.replicas_sha256
-        meta = checkpoint_metadata(
-            network=config.network,
-            noise=config.noise,
-            task=task_info,
-            training=training,
-            metrics=metrics,
-        )
-        save_checkpoint(
-            out,
-            student=trainer.student_eval,
-            teacher=trainer.teacher_eval if config.mode == "distill" else None,
-            metadata=meta,
-            state=state,
-        )
+                extra["distributed"]["replicas_sha256"] = trainer.replicas_sha256
+        save_run(out, trainer, config, task_info, metrics=metrics, state=state, extra=extra)
 
     def periodic(t: Trainer, phase: str, step: int) -> None:
         if args.save_every and step % args.save_every == 0:
@@ -427,23 +253,6 @@ def serve_command(checkpoint: Path) -> str:
     """The line that tells a user how to serve the checkpoint just written (its folder, named by its stem)."""
     folder, name = shlex.quote(str(checkpoint.parent)), shlex.quote(checkpoint.stem)
     return f"serve it: python -m service --checkpoint-dir {folder} --default-model {name}"
-
-
-def _resume_checkpoint(
-    path: Path, config: TrainConfig, device: torch.device
-) -> tuple[Checkpoint, dict[str, Any]]:
-    """The checkpoint to resume and its saved state, checked against this run's settings."""
-    ckpt = load_checkpoint(path, device=device)
-    saved = dict(ckpt.metadata.get("training", {}))
-    state = saved.pop("state", None)
-    saved.pop("distributed", None)
-    if TrainConfig.model_validate(saved).model_dump(exclude={"device"}) != config.model_dump(
-        exclude={"device"}
-    ):
-        raise UsageError(f"{path} was trained with other settings; resume with the same command")
-    if not state or state.get("phase") == "done" or not ckpt.state:
-        raise UsageError(f"{path} holds a finished run: nothing to resume")
-    return ckpt, state
 
 
 def _resume(trainer: Trainer, path: Path, ckpt: Checkpoint, state: dict[str, Any]) -> None:
