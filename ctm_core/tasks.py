@@ -9,12 +9,8 @@ import numpy as np
 import torch
 from scipy import special, stats
 
-# Quantile range (widened by 3 std) and number of points of the fixed denoising grid.
-_GRID_POINTS = 2000
-_GRID_P_LO = 1e-7
-_GRID_P_HI = 1.0 - 1e-7
-# Rows of x per chunk in grid-based denoisers: chunk × grid float64 stays in the tens of MB.
-_DENOISE_CHUNK = 1024
+from ctm_core.posterior import QuadratureGrid, grid_posterior_mean, local_posterior_mean
+
 # Largest number of training points used by the empirical KDE and denoiser.
 _KDE_MAX_POINTS = 20_000
 _EMPIRICAL_DENOISE_MAX_POINTS = 5_000
@@ -94,74 +90,24 @@ class Task(ABC):
         wide = flat_t >= grid.local_t_max
         local = (flat_t > 0) & ~wide
         if local.any():
-            local_mean = self._local_posterior_mean(flat_x[local], flat_t[local])
+            local_mean = local_posterior_mean(self.log_prob, flat_x[local], flat_t[local])
             out[local] = local_mean
             # NaN rows saw no support on the local grid (x far outside a bounded support).
             wide[local.nonzero().squeeze(1)[torch.isnan(local_mean)]] = True
         if wide.any():
             points, log_w = grid.points.to(x.device), grid.log_w.to(x.device)
-            out[wide] = _grid_posterior_mean(flat_x[wide], flat_t[wide], points, log_w)
+            out[wide] = grid_posterior_mean(flat_x[wide], flat_t[wide], points, log_w)
         return out.reshape(x64.shape).to(x.dtype)
 
-    def _local_posterior_mean(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """E[x₀ | x] on x₀ = x + t·z: Σ_z x₀·softmax(log p(x₀) − z²/2); x, t (m,) float64."""
-        z = torch.linspace(-10.0, 10.0, 201, dtype=torch.float64)
-        out = torch.empty_like(x)
-        for start in range(0, x.numel(), _DENOISE_CHUNK):
-            sl = slice(start, start + _DENOISE_CHUNK)
-            x0 = (x[sl, None] + t[sl, None] * z.to(x.device)).cpu()
-            with np.errstate(divide="ignore"):
-                logits = torch.from_numpy(self.log_prob(x0.numpy())) - z.square() / 2
-            # softmax of an all −inf row is NaN: the caller falls back to the fixed grid.
-            out[sl] = (torch.softmax(logits, dim=1) * x0).sum(dim=1).to(x.device)
-        return out
-
-    def _quadrature_grid(self) -> _QuadratureGrid:
+    def _quadrature_grid(self) -> QuadratureGrid:
         """The cached fixed x₀ grid for denoise."""
         cached = getattr(self, "_grid_cache", None)
         if cached is None:
-            lo, hi = self.quantile(np.array([_GRID_P_LO, _GRID_P_HI]))
-            # A uniform grid: the trapezoid rule is spectrally accurate on it for smooth p.
-            # 3 std of margin, so x beyond the bulk still sees its posterior at moderate t.
-            points = np.linspace(lo - 3 * self.std, hi + 3 * self.std, _GRID_POINTS)
-            with np.errstate(divide="ignore"):
-                log_w = self.log_prob(points) + np.log(points[1] - points[0])
-            keep = np.isfinite(log_w)
-            cached = _QuadratureGrid(
-                points=torch.from_numpy(points[keep]),
-                log_w=torch.from_numpy(log_w[keep]),
-                # The fixed grid's error ~exp(−2π²t²/h²) is negligible once t ≥ 2h; below
-                # 0.5·std the local grid still resolves p and also reaches x beyond the range.
-                local_t_max=max(2.0 * float(points[1] - points[0]), 0.5 * self.std),
-            )
-            self._grid_cache = cached
+            cached = self._grid_cache = QuadratureGrid.of(self)
         return cached
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}: {self.description})"
-
-
-@dataclass(frozen=True)
-class _QuadratureGrid:
-    """Fixed denoising grid: points (G,), log(p(x₀)·Δx₀) (G,), and the t below which it is unused."""
-
-    points: torch.Tensor
-    log_w: torch.Tensor
-    local_t_max: float
-
-
-def _grid_posterior_mean(
-    x: torch.Tensor, t: torch.Tensor, points: torch.Tensor, log_w: torch.Tensor
-) -> torch.Tensor:
-    """Σ_j x₀_j·softmax_j(log w_j − (x − x₀_j)²/(2t²)); x, t (m,) float64, t > 0; points (G,)."""
-    out = torch.empty_like(x)
-    for start in range(0, x.numel(), _DENOISE_CHUNK):
-        sl = slice(start, start + _DENOISE_CHUNK)
-        # (Δ/t)² rather than Δ²/t²: t² underflows for tiny t.
-        scaled = (x[sl, None] - points[None, :]) / t[sl, None]
-        logits = log_w[None, :] - scaled.square() / 2
-        out[sl] = (torch.softmax(logits, dim=1) * points[None, :]).sum(dim=1)
-    return out
 
 
 def _fmt(v: float) -> str:
@@ -388,7 +334,7 @@ class EmpiricalTask(Task):
         points = points.to(x.device)
         # t = 0 would divide by zero; there the posterior mean is x itself.
         safe_t = flat_t.clamp_min(1e-300)
-        out = _grid_posterior_mean(flat_x, safe_t, points, torch.zeros_like(points))
+        out = grid_posterior_mean(flat_x, safe_t, points, torch.zeros_like(points))
         return torch.where(flat_t > 0, out, flat_x).reshape(x64.shape).to(x.dtype)
 
 
