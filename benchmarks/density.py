@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.harness import machine_line
 from benchmarks.own_data import datasets
-from benchmarks.quality import machine_line
 from ctm_core.baselines import BASELINES, Estimator, fit_baseline
 from ctm_core.machine import usable_cpus
 from ctm_core.marron_wand import MARRON_WAND

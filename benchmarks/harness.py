@@ -2,6 +2,7 @@
 200, and the resident memory of its process tree."""
 
 import os
+import platform
 import socket
 import subprocess
 import sys
@@ -119,3 +120,15 @@ def start_service(folder: Path, log_level: str, workers: int, log_path: Path) ->
     """`python -m service` on `folder`, with CTM_WORKERS and CTM_LOG_LEVEL set and defaults otherwise."""
     command = [sys.executable, "-m", "service", "--checkpoint-dir", str(folder)]
     return Server(command, server_env(log_level, workers), log_path, workers, "/readyz")
+
+
+def machine_line(threads: int) -> str:
+    """The machine a benchmark ran on, in one line: CPU, cores, Python, torch and its threads."""
+    import torch
+
+    from ctm_core.machine import cpu_name, usable_cpus
+
+    return (
+        f"{cpu_name()}, {os.cpu_count()} cores ({usable_cpus()} usable), Python "
+        f"{platform.python_version()}, torch {torch.__version__}, {threads} torch thread(s)"
+    )

@@ -18,7 +18,6 @@ private and file-backed (Linux); with --repeats, each row shows the median of th
 
 import argparse
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -28,12 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ctm_core.config import TrainConfig
-from ctm_core.machine import cpu_name, usable_cpus
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: benchmarks/ is not an installed package
+    sys.path.insert(0, str(ROOT))
 _TRAINED = re.compile(r"trained \S+ \(\w+\) in ([0-9.]+) s of wall time")
 
 
@@ -49,14 +48,11 @@ class Run:
     samples: int  # every process's samples, both phases
 
 
-def machine_line(threads: int) -> str:
-    cpu, usable = cpu_name(), usable_cpus()
+def machine_description(threads: int) -> str:
+    from benchmarks.harness import machine_line  # importable once ROOT is on sys.path
+
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (
-        f"machine: {cpu}, {os.cpu_count()} cores ({usable} usable), Python {platform.python_version()}, "
-        f"torch {torch.__version__}, {threads} torch thread(s) per process unless the row says; "
-        f"load average {load}"
-    )
+    return f"machine: {machine_line(threads)} per process unless the row says; load average {load}"
 
 
 def _environment() -> dict[str, str]:
@@ -189,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     if min([*args.processes, args.teacher_steps, args.ctm_steps, args.repeats]) < 1 or args.memory_values < 0:
         parser.error("--processes, --teacher-steps, --ctm-steps, --repeats must be ≥ 1; --memory-values ≥ 0")
 
-    print(machine_line(1))
+    print(machine_description(1))
     with tempfile.TemporaryDirectory(prefix="ctm-train-speed-") as folder:
         tmp = Path(folder)
         if not args.skip_speed:

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # benchmarks/ is not an installed package
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import quality  # noqa: E402
+from benchmarks import quality, quality_report  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HEUN_NFE = ((2, 3), (4, 7), (9, 17), (18, 35))  # (steps, NFE = 2·steps − 1)
@@ -93,13 +93,13 @@ def _row(network: str, sampler: str, steps: int, qw1: float, gamma: float = 0.0)
     ],
 )
 def test_onestep_criterion(onestep: float, reference: float, passes: bool) -> None:
-    assert quality.onestep_passes(onestep, reference) is passes
+    assert quality_report.onestep_passes(onestep, reference) is passes
 
 
 def test_multistep_criterion() -> None:
-    assert quality.multistep_passes(0.02, 0.03)
-    assert quality.multistep_passes(0.03, 0.03)
-    assert not quality.multistep_passes(0.031, 0.03)
+    assert quality_report.multistep_passes(0.02, 0.03)
+    assert quality_report.multistep_passes(0.03, 0.03)
+    assert not quality_report.multistep_passes(0.031, 0.03)
 
 
 def test_summary_of_hand_made_rows() -> None:
@@ -114,7 +114,7 @@ def test_summary_of_hand_made_rows() -> None:
         _row("teacher", "heun", 18, 0.020),
         _row("exact", "heun", 18, 0.002),
     ]
-    s = quality.summarise(rows)
+    s = quality_report.summarise(rows)
     assert (s.onestep, s.teacher_heun, s.exact_heun) == (0.030, 0.020, 0.002)
     assert s.best_jump == {2: 0.035, 4: 0.028}
     assert s.ratio == pytest.approx(1.5)
@@ -123,14 +123,14 @@ def test_summary_of_hand_made_rows() -> None:
     assert s.multistep_pass is True  # 0.028 ≤ 0.030
 
     rows[-2] = _row("teacher", "heun", 18, 0.025)
-    assert quality.summarise(rows).onestep_pass is True  # 0.030 ≤ 0.03125
+    assert quality_report.summarise(rows).onestep_pass is True  # 0.030 ≤ 0.03125
     rows[3] = _row("student", "multistep", 4, 0.031)
-    assert quality.summarise(rows).multistep_pass is False  # best 0.031 > 0.030
+    assert quality_report.summarise(rows).multistep_pass is False  # best 0.031 > 0.030
 
     no_teacher = [r for r in rows if r["network"] != "teacher"]
-    s = quality.summarise(no_teacher)
+    s = quality_report.summarise(no_teacher)
     assert s.reference == "exact" and s.onestep_pass is False  # 0.030 > max(0.0025, 0.01)
-    assert quality.summarise([rows[0]]).onestep_pass is None
+    assert quality_report.summarise([rows[0]]).onestep_pass is None
 
 
 def test_exact_rows_per_task_kind() -> None:
