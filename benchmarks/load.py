@@ -21,34 +21,30 @@ import json
 import os
 import random
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
-import torch
-
-from ctm_core.checkpoint import atomic_write_bytes, build_model, checkpoint_metadata, save_checkpoint
-from ctm_core.config import NetworkConfig, NoiseConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script: benchmarks/ is not an installed package
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.harness import Server  # noqa: E402
-
-SWAPPED = "swapped"  # the model whose file the reloader replaces, back and forth
-EPHEMERAL = "ephemeral"  # added and removed by the reloader; clients never ask for it
-UNTRAINED = ("two_gmm_1D", "gauss_1D")  # untrained models the mix below asks for
+from benchmarks.reloads import (  # noqa: E402
+    SWAPPED,
+    prepare_checkpoints,
+    reloader_loop,
+)
 
 
 @dataclass(frozen=True)
@@ -117,57 +113,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# ---- checkpoints ---------------------------------------------------------------------------------
-
-
-def checkpoint_bytes(folder: Path, name: str, noise: NoiseConfig, seed: int) -> bytes:
-    """An untrained model of the default architecture, saved as `name` (task `name`), as bytes."""
-    assert noise.sigma_data is not None
-    network = NetworkConfig()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        student = build_model(network, noise.sigma_data)
-    path = folder / f".{name}.{seed}.build"
-    metadata = checkpoint_metadata(
-        network=network,
-        noise=noise,
-        task={"name": name, "description": f"load-test model {name}"},
-        training={"seed": seed},
-    )
-    save_checkpoint(path, student=student, teacher=None, metadata=metadata)
-    data = path.read_bytes()
-    path.unlink()
-    return data
-
-
-def prepare_checkpoints(
-    folder: Path, extra: Path | None, untrained: Sequence[str] = UNTRAINED
-) -> tuple[dict[str, bytes], bytes]:
-    """Write the served models into `folder`: `extra`'s checkpoints, then an untrained model for each
-    name in `untrained` (replacing a copied one of that name), then the swapped model; return the
-    swapped model's two versions and the ephemeral model."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if extra is not None:
-        for path in sorted(extra.glob("*.safetensors")):
-            shutil.copyfile(path, folder / path.name)
-    noise = NoiseConfig(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5)
-    for seed, name in enumerate(untrained):
-        atomic_write_bytes(folder / f"{name}.safetensors", checkpoint_bytes(folder, name, noise, seed))
-    versions = {}
-    for seed in (10, 11):
-        data = checkpoint_bytes(folder, SWAPPED, noise, seed)
-        versions[_sha256(data)] = data
-    first = next(iter(versions.values()))
-    atomic_write_bytes(folder / f"{SWAPPED}.safetensors", first)
-    return versions, checkpoint_bytes(folder, EPHEMERAL, noise, 12)
-
-
-def _sha256(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
-
-
 # ---- the server ----------------------------------------------------------------------------------
 
 
@@ -230,44 +175,6 @@ async def client_loop(
         tally.latencies[request.label].append(time.perf_counter() - start)
         if problem is not None:
             tally.failures.append(problem)
-
-
-async def reloader_loop(
-    client: httpx.AsyncClient,
-    folder: Path,
-    versions: dict[str, bytes],
-    ephemeral: bytes,
-    token: str,
-    every: float,
-    stop_at: float,
-    tally: Tally,
-) -> None:
-    """Each round changes the folder one way, then asks for a reload and checks what it reports."""
-    swapped = folder / f"{SWAPPED}.safetensors"
-    contents = list(versions.values())
-    headers = {"Authorization": f"Bearer {token}"}
-    round_ = 0
-    while time.monotonic() < stop_at:
-        await asyncio.sleep(every)
-        round_ += 1
-        step = round_ % 4
-        if step in (0, 2):
-            atomic_write_bytes(swapped, contents[round_ // 2 % 2])
-        elif step == 1:
-            atomic_write_bytes(folder / f"{EPHEMERAL}.safetensors", ephemeral)
-            (folder / "corrupt.safetensors").write_bytes(b"\x80\x04 not a checkpoint" * 8)
-        else:
-            (folder / f"{EPHEMERAL}.safetensors").unlink(missing_ok=True)
-            (folder / "corrupt.safetensors").unlink(missing_ok=True)
-        try:
-            response = await client.post("/admin/reload", headers=headers, timeout=60)
-            if response.status_code != 200:
-                tally.reload_failures.append(f"reload status {response.status_code}: {response.text[:200]}")
-            elif response.json()["models"].get(SWAPPED) not in versions:
-                tally.reload_failures.append(f"reload left {SWAPPED} at an unknown version")
-        except httpx.HTTPError as exc:
-            tally.reload_failures.append(f"reload: {type(exc).__name__}: {exc}")
-        tally.reloads += 1
 
 
 async def run_load(

@@ -48,14 +48,8 @@ if str(REPO_ROOT) not in sys.path:  # run as a script: benchmarks/ is not an ins
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.harness import memory_mb  # noqa: E402
-from benchmarks.load import (  # noqa: E402
-    EPHEMERAL,
-    SWAPPED,
-    Tally,
-    prepare_checkpoints,
-    reloader_loop,
-    start_server,
-)
+from benchmarks.load import Tally, start_server  # noqa: E402
+from benchmarks.reloads import EPHEMERAL, SWAPPED, prepare_checkpoints, reloader_loop  # noqa: E402
 from benchmarks.soak_mix import Call, Kind, Models, chosen_kinds  # noqa: E402
 from benchmarks.soak_report import passed, print_report, summarise  # noqa: E402
 

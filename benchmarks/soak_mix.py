@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.load import SWAPPED
+from benchmarks.reloads import SWAPPED
 
 MAX_N = 100_000  # the service's default CTM_MAX_N
 MAX_TRAJECTORY_VALUES = 1_000_000  # its default CTM_MAX_TRAJECTORY_VALUES

@@ -6,7 +6,8 @@ import re
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.load import SWAPPED, percentiles, rss_slope
+from benchmarks.load import percentiles, rss_slope
+from benchmarks.reloads import SWAPPED
 from benchmarks.soak_mix import MIX
 
 if TYPE_CHECKING:
