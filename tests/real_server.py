@@ -1,7 +1,6 @@
 """The real server, `python -m service`, as a subprocess on a free loopback port, for tests."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,14 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks.harness import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_file(path: Path, timeout_s: float = 60.0) -> None:
