@@ -240,8 +240,10 @@ def write_report(results: Path, report: Path, command: str, seconds: float) -> l
         "--data VALUES.csv --seed r --holdout 0 --eval-n 0`, then `ctm_core.load`. Fit time = that "
         "process's wall time.",
         "- Baselines (`ctm_core/baselines.py`): a Gaussian KDE with Scott's bandwidth (scipy), a Gaussian "
-        "KDE with the Improved Sheather–Jones bandwidth (KDEpy), and a Gaussian mixture with k = 1..10 "
-        "chosen by BIC (scikit-learn, 3 starts, seed 0); their densities and CDFs are exact formulas.",
+        "KDE with the Improved Sheather–Jones bandwidth (KDEpy's, chosen on the values rescaled to span "
+        "100 units and scaled back: its grid padding biases it low below a 12-unit span), and a Gaussian "
+        "mixture with k = 1..10 chosen by BIC (scikit-learn, 3 starts, seed 0); their densities and CDFs "
+        "are exact formulas.",
         f"- W1: CTM, `w1_to_cdf` of its one-step samples of {N_SAMPLES:,} quantile latents (its monotone "
         "map makes them its own quantiles); a baseline, ∫|F_model − F| dx by the trapezoid rule on "
         f"{W1_GRID_POINTS:,} true quantiles plus {W1_GRID_POINTS:,} uniform points.",
