@@ -12,32 +12,32 @@ from pydantic import ValidationError
 
 from service.config import FACTORY_DEFAULTS, Settings
 
+# The settings with a flag (field, flag, help); every other setting is set through its CTM_* variable.
+FLAGS = (
+    ("host", "--host", "interface to bind"),
+    ("port", "--port", "TCP port (0: any free port)"),
+    ("workers", "--workers", "uvicorn worker processes"),
+    ("checkpoint_dir", "--checkpoint-dir", "folder of *.safetensors checkpoints"),
+    ("default_model", "--default-model", "model used when a request names none"),
+    ("device", "--device", "cpu, cuda or auto"),
+    ("log_level", "--log-level", "critical, error, warning, info or debug"),
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = Settings.model_fields
+    flagged = {field for field, _, _ in FLAGS}
+    by_environment = ", ".join(f"CTM_{field.upper()}" for field in defaults if field not in flagged)
     parser = argparse.ArgumentParser(
         prog="ctm-serve",
         description="Serve CTM checkpoints (every *.safetensors in the checkpoint directory) over HTTP. "
-        "Each flag overrides its CTM_* environment variable; the request limits "
-        "(CTM_MAX_N, CTM_MAX_STEPS, CTM_MAX_TRAJECTORY_VALUES, CTM_MAX_WORK, CTM_MAX_BODY_BYTES, "
-        "CTM_MAX_URL_BYTES, CTM_MAX_HEADER_BYTES), threads and batching "
-        "(CTM_INFERENCE_THREADS, CTM_TORCH_THREADS, CTM_BATCH_MAX_ROWS), time limit and hot reload "
-        "(CTM_REQUEST_TIMEOUT_S, CTM_RELOAD_POLL_S) and access (CTM_API_KEY, CTM_ADMIN_TOKEN, "
-        "CTM_CORS_ORIGINS) are set through the environment.",
+        f"Each flag overrides its CTM_* environment variable; the other settings ({by_environment}) are "
+        "set through the environment (docs/SERVING.md lists them all).",
     )
-
-    def add(flag: str, field: str, text: str) -> None:
+    for field, flag, text in FLAGS:
         # No argparse types or defaults: Settings validates, and an absent flag defers to the environment.
         default = FACTORY_DEFAULTS.get(field, defaults[field].default)
         parser.add_argument(flag, dest=field, help=f"{text} [CTM_{field.upper()}; default: {default}]")
-
-    add("--host", "host", "interface to bind")
-    add("--port", "port", "TCP port (0: any free port)")
-    add("--workers", "workers", "uvicorn worker processes")
-    add("--checkpoint-dir", "checkpoint_dir", "folder of *.safetensors checkpoints")
-    add("--default-model", "default_model", "model used when a request names none")
-    add("--device", "device", "cpu, cuda or auto")
-    add("--log-level", "log_level", "critical, error, warning, info or debug")
     return parser
 
 
