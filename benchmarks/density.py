@@ -15,7 +15,7 @@ Part 2, real data (`--real`, and part of the default run): scikit-learn's bundle
 
     pip install -e '.[baselines]'
     python -m benchmarks.density                    # everything (hours: 130 CTM trainings)
-    python -m benchmarks.density --quick            # 2 densities × 2 sizes × 1 repetition (~13 min)
+    python -m benchmarks.density --quick            # 2 densities × 2 sizes × 1 repetition (~6 min)
     python -m benchmarks.density --densities mw10_claw --sizes 1000 --reps 1
     python -m benchmarks.density --report-only      # rebuild the report from the result files
 
@@ -49,7 +49,7 @@ from ctm_core.tasks import Task
 SIZES = (1_000, 10_000)
 REPS = 3
 METHODS = ("ctm", *BASELINES)
-# --quick: four CTM trainings of ~3 min each on a 2-core CPU, so that it stays under 15 minutes.
+# --quick: four CTM trainings of about 80 s each on this 2-core CPU, well under 15 minutes.
 QUICK_DENSITIES = ("mw06_bimodal", "mw10_claw")
 REAL_SPLITS = 10
 REAL_HOLDOUT = 0.2
