@@ -42,7 +42,7 @@ from benchmarks.own_data import datasets
 from ctm_core.baselines import BASELINES, Estimator, fit_baseline
 from ctm_core.machine import usable_cpus
 from ctm_core.marron_wand import MARRON_WAND
-from ctm_core.metrics import NLL_LOG_PROB_FLOOR, w1_to_cdf, w1_two_sample
+from ctm_core.metrics import NLL_LOG_PROB_FLOOR, mid_probabilities, w1_to_cdf, w1_two_sample
 from ctm_core.model import Model, load
 from ctm_core.tasks import Task
 
@@ -76,9 +76,10 @@ def draw_values(task: Task, size: int, rep: int) -> np.ndarray:
     return task.sample(size, generator).double().numpy()
 
 
-def mid_quantiles(m: int) -> np.ndarray:
-    """p_i = (i + ½)/m, i = 0…m−1."""
-    return (np.arange(m) + 0.5) / m
+def quadrature_points(task: Task, m: int, lo: float, hi: float) -> np.ndarray:
+    """Sorted x for the trapezoid rule: the task's m mid-quantiles (i + ½)/m, which follow its mass,
+    plus m uniform points over [lo, hi], which follow a model's ripples anywhere in that range."""
+    return np.unique(np.concatenate([task.quantile(mid_probabilities(m)), np.linspace(lo, hi, m)]))
 
 
 def kl_by_quadrature(log_q: Callable[[np.ndarray], np.ndarray], task: Task, m: int) -> float:
@@ -87,7 +88,7 @@ def kl_by_quadrature(log_q: Callable[[np.ndarray], np.ndarray], task: Task, m: i
     where a model gives a point no density. (The midpoint rule in u = F(x) alone aliases with a
     narrow KDE's ripples: it halved the ISJ KDE's KL on the claw.)"""
     lo, hi = task.quantile(np.array([1e-10, 1 - 1e-10]))
-    x = np.unique(np.concatenate([task.quantile(mid_quantiles(m)), np.linspace(lo, hi, m)]))
+    x = quadrature_points(task, m, lo, hi)
     log_p = task.log_prob(x)
     return float(np.trapezoid(np.exp(log_p) * (log_p - np.maximum(log_q(x), NLL_LOG_PROB_FLOOR)), x))
 
@@ -98,9 +99,7 @@ def exact_w1(estimator: Estimator, task: Task) -> float:
     ends = np.array([1e-9, 1 - 1e-9])
     true_ends, model_ends = task.quantile(ends), estimator.quantile(ends)
     lo, hi = min(true_ends[0], model_ends[0]), max(true_ends[1], model_ends[1])
-    grid = np.unique(
-        np.concatenate([task.quantile(mid_quantiles(W1_GRID_POINTS)), np.linspace(lo, hi, W1_GRID_POINTS)])
-    )
+    grid = quadrature_points(task, W1_GRID_POINTS, lo, hi)
     return float(np.trapezoid(np.abs(estimator.cdf(grid) - task.cdf(grid)), grid))
 
 
@@ -282,7 +281,7 @@ def run_real(results: Path, splits: int, progress: Progress | None, machine: str
                 else:
                     estimator, seconds = fit_timed(method, train)
                     loglik = estimator.log_prob(holdout)
-                    quantiles = estimator.quantile(mid_quantiles(N_SAMPLES))
+                    quantiles = estimator.quantile(mid_probabilities(N_SAMPLES))
                     record = base | {"method": method, "fit_seconds": seconds} | estimator_details(estimator)
                 record["heldout_loglik"] = float(np.mean(np.maximum(loglik, NLL_LOG_PROB_FLOOR)))
                 record["w1_heldout"] = w1_two_sample(quantiles, holdout)

@@ -15,12 +15,11 @@ from benchmarks.density import (
     METHODS,
     N_SAMPLES,
     W1_GRID_POINTS,
-    mid_quantiles,
     plot_grid,
 )
 from ctm_core.baselines import BASELINES
 from ctm_core.marron_wand import MARRON_WAND
-from ctm_core.metrics import w1_to_cdf
+from ctm_core.metrics import mid_probabilities, w1_to_cdf
 
 LABELS = {"ctm": "CTM one-step"} | {name: spec.label for name, spec in BASELINES.items()}
 Record = dict[str, Any]
@@ -137,7 +136,7 @@ def _grid_checks(records: list[Record]) -> list[str]:
     gaps = [abs(r["kl"] - r["kl_check"]) for r in records]
     gaps += [abs(r["kl_ode"] - r["kl_ode_check"]) for r in records if "kl_ode_check" in r]
     names = sorted({r["density"] for r in records})
-    floors = [w1_to_cdf(MARRON_WAND[n].quantile(mid_quantiles(N_SAMPLES)), MARRON_WAND[n]) for n in names]
+    floors = [w1_to_cdf(MARRON_WAND[n].quantile(mid_probabilities(N_SAMPLES)), MARRON_WAND[n]) for n in names]
     ode = [r["kl_ode_seconds"] for r in records if "kl_ode_seconds" in r]
     lines = [
         f"- KL grid error: |KL with m = {KL_POINTS:,} − KL with m = {KL_CHECK_POINTS:,}| is at most "

@@ -50,6 +50,25 @@ def memory_mb(pid: int, key: str = "VmRSS") -> float:
     return total / 1024
 
 
+def wait_ready(
+    process: subprocess.Popen[bytes], url: str, log_path: Path, timeout_s: float = START_TIMEOUT_S
+) -> None:
+    """Return once `url` answers 200; RuntimeError with the server's log if `process` exits first
+    or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"server not ready in {timeout_s} s:\n{log_path.read_text()}")
+        time.sleep(0.02)
+
+
 class Server:
     """A server subprocess on a free loopback port (`command` + `--port N`), ready when `ready_path`
     answers 200; `ready_s` is the time from start to that answer."""
@@ -70,7 +89,7 @@ class Server:
                 stderr=subprocess.STDOUT,
             )
         try:
-            self._wait_ready(ready_path)
+            wait_ready(self.process, f"{self.base_url}{ready_path}", log_path)
         except BaseException:
             self.stop()
             raise
@@ -78,21 +97,6 @@ class Server:
         if workers > 1:
             # Workers start together; the 200 came from the first one. Give the others as long again.
             time.sleep(self.ready_s)
-
-    def _wait_ready(self, path: str) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if self.process.poll() is not None:
-                log = self.log_path.read_text()
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{log}")
-            try:
-                if httpx.get(f"{self.base_url}{path}", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not ready in {START_TIMEOUT_S} s:\n{self.log_path.read_text()}")
-            time.sleep(0.02)
 
     def rss_mb(self) -> float:
         return memory_mb(self.process.pid)

@@ -173,15 +173,19 @@ def record_answers(base_url: str, cases: list[Case], model: str, folder: Path) -
 # ---- the limit: the same sampling through the library -----------------------------------------------
 
 
-def measure_limit(path: Path, case: Case, seconds: float) -> float:
-    """The p50 in ms of the library's own call for `case`, back to back for `seconds` (≥ 5 calls)
-    after a warm-up call, with the service's row threads."""
+def library_model(path: Path) -> Any:
+    """The model as the library loads it (`ctm_core.load`), sampling with the service's row threads."""
     import ctm_core
     from service.config import Settings
     from service.inference import torch_threads_for, use_threads
 
     use_threads(torch_threads_for(Settings()))
-    model = ctm_core.load(path)
+    return ctm_core.load(path)
+
+
+def measure_limit(model: Any, case: Case, seconds: float) -> float:
+    """The p50 in ms of the library's own call for `case` on `model` (`library_model`), back to back
+    for `seconds` (≥ 5 calls) after a warm-up call."""
     call = model.trajectory if case.path == "/trajectory" else model.sample
     call(case.n, sampler=case.sampler, steps=case.steps, seed=0)
     times: list[float] = []
@@ -250,9 +254,10 @@ def run(args: argparse.Namespace) -> Report:
         report.generator_rps = wrk.run(f"{canned.base_url}/?", 64, args.seconds).rps
         canned.stop()
         print(f"wrk against a canned-response server, 64 connections: {report.generator_rps:,.0f} req/s\n")
+        library = library_model(folder / f"{model}.safetensors")
         print(header(), flush=True)
         for case in cases:
-            limit = measure_limit(folder / f"{model}.safetensors", case, args.seconds)
+            limit = measure_limit(library, case, args.seconds)
             url = case.query.format(model=model)
             got: dict[str, list[wrk.LoadStats]] = {"service": [], "floor": []}
             for _ in range(args.rounds):

@@ -1,5 +1,6 @@
 """Typed configuration of the network, the noise range and training: one place, with the defaults."""
 
+import copy
 import json
 import math
 from collections.abc import Iterable
@@ -149,11 +150,17 @@ def default_config(mode: str = "distill") -> TrainConfig:
 
 
 def with_overrides(config: TrainConfig, overrides: Iterable[str]) -> TrainConfig:
-    """`config` with dotted `KEY=VALUE` overrides (`ctm.steps=2000`, `network.width=64`); a value is
-    read as JSON when it parses as JSON, else as a string. ValueError naming the first bad one: not
-    KEY=VALUE ("--set expects ..." is the CLI's word for it), an unknown field, or a value the
-    field refuses."""
-    raw: dict[str, Any] = config.model_dump()
+    """`config` with dotted `KEY=VALUE` overrides (`ctm.steps=2000`, `network.width=64`); see
+    `config_from_raw`."""
+    return config_from_raw(config.model_dump(), overrides)
+
+
+def config_from_raw(raw: dict[str, Any], overrides: Iterable[str] = ()) -> TrainConfig:
+    """A `TrainConfig` from the fields of one (`raw`, a `model_dump`) with dotted `KEY=VALUE`
+    overrides applied; a value is read as JSON when it parses as JSON, else as a string. ValueError
+    naming the first bad one: not KEY=VALUE ("--set expects ..." is the CLI's word for it), an
+    unknown field, or a value a field refuses ("invalid setting ...")."""
+    raw = copy.deepcopy(raw)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:

@@ -29,7 +29,7 @@ def _sorted_samples(samples: np.ndarray | torch.Tensor) -> np.ndarray:
     return x
 
 
-def _mid_probabilities(n: int) -> np.ndarray:
+def mid_probabilities(n: int) -> np.ndarray:
     """p_i = (i + ½)/n, i = 0…n−1, float64."""
     return (np.arange(n, dtype=np.float64) + 0.5) / n
 
@@ -37,7 +37,7 @@ def _mid_probabilities(n: int) -> np.ndarray:
 def quantile_w1(samples: np.ndarray | torch.Tensor, task: Task) -> float:
     """qW1 = mean_i |x_(i) − F⁻¹((i + ½)/n)| over the sorted samples x_(i)."""
     x = _sorted_samples(samples)
-    return float(np.mean(np.abs(x - task.quantile(_mid_probabilities(x.size)))))
+    return float(np.mean(np.abs(x - task.quantile(mid_probabilities(x.size)))))
 
 
 def _abs_integral_linear(c: np.ndarray, f_a: np.ndarray, f_b: np.ndarray, h: np.ndarray) -> float:

@@ -1,6 +1,6 @@
 """The command line of `python -m ctm_core.train`: its flags, and the typed recipe they make.
 
-The recipe itself is `ctm_core.config` (defaults, `with_overrides`) and `ctm_core.recipe` (config →
+The recipe itself is `ctm_core.config` (defaults, `config_from_raw`) and `ctm_core.recipe` (config →
 data → trainer → checkpoint); this module only turns flags into a `TrainConfig`.
 """
 
@@ -8,10 +8,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from ctm_core.cli import HelpFormatter, UsageError
-from ctm_core.config import TrainConfig, default_config, with_overrides
+from ctm_core.config import TrainConfig, config_from_raw, default_config
 from ctm_core.distributed import AMP_CHOICES, BACKENDS
 from ctm_core.machine import usable_cpus
 from ctm_core.marron_wand import MARRON_WAND
@@ -162,9 +160,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if args.lr is not None:
             raw[phase]["lr"] = args.lr
     try:
-        return with_overrides(TrainConfig.model_validate(raw), args.overrides)
-    except ValueError as exc:  # pydantic's ValidationError (a named flag's value) is one too
-        if isinstance(exc, ValidationError):
-            first = exc.errors()[0]
-            raise UsageError(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        return config_from_raw(raw, args.overrides)
+    except ValueError as exc:
         raise UsageError(str(exc)) from None

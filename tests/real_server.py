@@ -8,10 +8,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 
-from benchmarks.harness import free_port
+from benchmarks.harness import free_port, wait_ready
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 60.0
@@ -50,18 +49,10 @@ def running_server(
         )
     base_url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()}")
-            try:
-                if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server did not start in {START_TIMEOUT_S} s:\n{log_path.read_text()}")
-            time.sleep(0.1)
+        try:
+            wait_ready(process, f"{base_url}/healthz", log_path, START_TIMEOUT_S)
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
         yield base_url, process
     finally:
         if hold is not None:

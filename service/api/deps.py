@@ -254,7 +254,6 @@ class SamplingQuery:
             )
         self.model = create_model("SamplingQuery", **fields)
         self.names = frozenset(fields)
-        self._lists = frozenset(name for name in fields if name == "sigmas")
 
     def dependency(self, known: frozenset[str] = frozenset()) -> Callable[[Request], Awaitable[SamplingJob]]:
         """`job` as a FastAPI dependency, for routes whose other parameters FastAPI parses
@@ -275,15 +274,16 @@ class SamplingQuery:
             parameters.append(parameter | {"description": field["description"]})
         return {"parameters": parameters}
 
-    def parse(self, request: Request) -> BaseModel:
-        """The query validated (422 in FastAPI's shape, under "query", for a bad value); a name given
-        twice takes its last value, as FastAPI does, but for `sigmas`, which collects them all."""
+    def parse(self, request: Request) -> dict[str, Any]:
+        """The query validated, by field name (422 in FastAPI's shape, under "query", for a bad
+        value); a name given twice takes its last value, as FastAPI does, but for `sigmas`, which
+        collects them all."""
         query = request.query_params
         values: dict[str, Any] = dict(query)
-        for name in self._lists & values.keys():
-            values[name] = query.getlist(name)
+        if "sigmas" in values and "sigmas" in self.names:
+            values["sigmas"] = query.getlist("sigmas")
         try:
-            return self.model.model_validate(values)
+            return dict(vars(self.model.model_validate(values)))
         except ValidationError as exc:
             errors = [{**e, "loc": ("query", *e["loc"])} for e in exc.errors(include_url=False)]
             raise RequestValidationError(errors) from None
@@ -294,19 +294,14 @@ class SamplingQuery:
         refuse_unknown(request, self.names | known)
         query = self.parse(request)
         settings = self.settings
-        loaded = lookup_model(request.app.state.registry, query.model, settings)  # type: ignore[attr-defined]
-        label_request(request, model=loaded.name, sampler=query.sampler)  # type: ignore[attr-defined]
-        sigmas = getattr(query, "sigmas", None)
+        loaded = lookup_model(request.app.state.registry, query.pop("model"), settings)
+        label_request(request, model=loaded.name, sampler=query["sampler"])
+        sigmas = query.pop("sigmas", None)
         try:
             checked = sample_request(
                 loaded.checkpoint.noise,
-                n=query.n,  # type: ignore[attr-defined]
-                sampler=query.sampler,  # type: ignore[attr-defined]
-                steps=query.steps,  # type: ignore[attr-defined]
+                **query,
                 sigmas=None if sigmas is None else parse_sigmas(sigmas),
-                seed=query.seed,  # type: ignore[attr-defined]
-                noise=query.noise,  # type: ignore[attr-defined]
-                gamma=query.gamma,  # type: ignore[attr-defined]
                 max_steps=settings.max_steps,
                 max_levels=self.max_levels,
             )

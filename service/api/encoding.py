@@ -52,8 +52,8 @@ def negotiate(accept: str | None) -> Encoding:
     application/*); 406 when it accepts none of JSON, .npy and raw float32."""
     if not accept:
         return JSON
-    best: tuple[float, int, Encoding] | None = None
-    for order, item in enumerate(accept.split(",")):
+    best: tuple[float, Encoding] | None = None  # the first item of the highest q wins
+    for item in accept.split(","):
         media, _, params = item.partition(";")
         media = media.strip().lower()
         quality = _quality(params)
@@ -64,7 +64,7 @@ def negotiate(accept: str | None) -> Encoding:
         else:
             chosen = next((encoding for encoding in ENCODINGS if encoding == media), None)
         if chosen is not None and (best is None or quality > best[0]):
-            best = (quality, order, chosen)
+            best = (quality, chosen)
     if best is None:
         shown = accept if len(accept) <= 80 else accept[:80] + "…"
         raise HTTPException(
@@ -72,7 +72,7 @@ def negotiate(accept: str | None) -> Encoding:
             f"this endpoint answers {', '.join(ENCODINGS)}; the request's Accept ({shown!r}) "
             "takes none of them",
         )
-    return best[2]
+    return best[1]
 
 
 def _quality(params: str) -> float:
