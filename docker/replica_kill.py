@@ -21,9 +21,10 @@ and healthy. Exit status 0 when no GET failed and the replica served through ngi
 Docker runs the healthcheck every 10 s (compose.scale.yaml), so it lags the first answer by up
 to that much, more when the first check after the restart came before the models were loaded.
 
-Standard library only, so that any python3 runs it. Needs the `docker` CLI (DOCKER_HOST is
-honoured) and a compose command, and must run as root on the Docker host (it signals a host
-PID). From the repository root, with the scale-out up as project "ctm-scale":
+Standard library only (with docker/engine.py and docker/load.py), so that any python3 runs it.
+Needs the `docker` CLI (DOCKER_HOST is honoured) and a compose command, and must run as root on
+the Docker host (it signals a host PID). From the repository root, with the scale-out up as
+project "ctm-scale":
 
     sudo python3 docker/replica_kill.py --project ctm-scale
 """
@@ -31,64 +32,24 @@ PID). From the repository root, with the scale-out up as project "ctm-scale":
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
-import random
-import shlex
 import shutil
 import signal
-import statistics
-import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_COMPOSE_FILE = Path(__file__).resolve().parent / "compose.scale.yaml"
+from engine import ADDRESS, Compose, EngineError, compose_command, inspect, published_address, run
+from load import PHASE_KEYS, Outcome, client, print_table, row
 
-# (weight, path): idempotent GETs only. Small requests, so that the run measures the failover
-# rather than the CPUs; seeds vary per request (see `pick_path`).
-REQUEST_MIX: list[tuple[int, str]] = [
-    (4, "/sample?n=100&sampler=onestep"),
-    (2, "/sample?n=1000&sampler=onestep"),
-    (3, "/sample?n=200&sampler=multistep&steps=4"),
-    (2, "/trajectory?n=20&sampler=multistep&steps=4"),
-    (2, "/healthz"),
-    (1, "/models"),
-]
+DEFAULT_COMPOSE_FILE = Path(__file__).resolve().parent / "compose.scale.yaml"
 
 
 class SetupError(Exception):
     """The compose project is not there or not usable (exit status 2)."""
-
-
-@dataclass
-class Outcome:
-    """One GET through nginx."""
-
-    start: float
-    end: float
-    path: str
-    status: int  # 0: transport error
-    served_by: str
-    error: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.status == 200 and not self.error
-
-    @property
-    def addresses(self) -> list[str]:
-        """Replica addresses nginx tried, in order (the last one answered)."""
-        return [
-            a.strip().rsplit(":", 1)[0] for a in self.served_by.replace(" : ", ",").split(",") if a.strip()
-        ]
-
-    @property
-    def retried(self) -> bool:
-        return len(self.addresses) > 1
 
 
 @dataclass
@@ -102,80 +63,10 @@ class Recovery:
     states: list[str] = field(default_factory=list)
 
 
-def run(cmd: list[str], timeout: float = 30) -> str:
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SetupError(f"{shlex.join(cmd)}: {exc}") from exc
-    if done.returncode != 0:
-        raise SetupError(f"{shlex.join(cmd)} failed ({done.returncode}): {done.stderr.strip()[:500]}")
-    return done.stdout
-
-
-def compose_command() -> list[str]:
-    """CTM_COMPOSE, else `docker compose` when the plugin is there, else docker-compose (as smoke-test.sh)."""
-    if os.environ.get("CTM_COMPOSE"):
-        return shlex.split(os.environ["CTM_COMPOSE"])
-    plugin = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
-    if plugin.returncode == 0:
-        return ["docker", "compose"]
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    raise SetupError("no compose command: neither `docker compose` nor docker-compose (or set CTM_COMPOSE)")
-
-
-def inspect(container: str, template: str) -> str:
-    return run(["docker", "inspect", "-f", template, container]).strip()
-
-
-ADDRESS = "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}"
 STATE = (
     "{{.State.Status}} {{.State.Pid}} {{.RestartCount}} "
     "{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} " + ADDRESS
 )
-
-
-def nginx_address(nginx: str) -> tuple[str, int]:
-    """The host address nginx publishes its port 8000 on."""
-    for line in run(["docker", "port", nginx, "8000/tcp"]).splitlines():
-        host, _, port = line.strip().rpartition(":")
-        host = host.strip("[]")
-        if host in ("0.0.0.0", "::", ""):
-            host = "127.0.0.1"
-        if ":" not in host:  # an IPv4 binding; skip the IPv6 twin
-            return host, int(port)
-    raise SetupError(f"nginx ({nginx[:12]}) publishes no port for 8000/tcp")
-
-
-def pick_path(rng: random.Random) -> str:
-    path = rng.choices([p for _, p in REQUEST_MIX], weights=[w for w, _ in REQUEST_MIX])[0]
-    if path.startswith(("/sample", "/trajectory")):
-        path += f"&seed={rng.randrange(1 << 31)}"
-    return path
-
-
-def client(
-    host: str, port: int, timeout: float, seed: int, stop: threading.Event, out: list[Outcome]
-) -> None:
-    """Send GETs on one keep-alive connection until `stop`; reconnect after an error."""
-    rng = random.Random(seed)
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    while not stop.is_set():
-        path = pick_path(rng)
-        start = time.monotonic()
-        status, served_by, error = 0, "", ""
-        try:
-            conn.request("GET", path)
-            response = conn.getresponse()
-            body = response.read()
-            status, served_by = response.status, response.getheader("X-Served-By", "")
-            if status != 200:
-                error = body[:200].decode(errors="replace")
-        except (OSError, http.client.HTTPException) as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            conn.close()
-        out.append(Outcome(start, time.monotonic(), path, status, served_by, error))
-    conn.close()
 
 
 def watch(container: str, old_pid: str, killed_at: float, limit: float, rec: Recovery) -> None:
@@ -184,7 +75,7 @@ def watch(container: str, old_pid: str, killed_at: float, limit: float, rec: Rec
     while time.monotonic() < killed_at + limit:
         try:
             status, pid, restarts, health, *addresses = inspect(container, STATE).split()
-        except (SetupError, ValueError):
+        except (EngineError, ValueError):
             time.sleep(0.2)
             continue
         now = time.monotonic()
@@ -199,41 +90,6 @@ def watch(container: str, old_pid: str, killed_at: float, limit: float, rec: Rec
                 rec.healthy = now
                 return
         time.sleep(0.2)
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[round(q) - 1]
-
-
-def row(label: str, outcomes: list[Outcome], seconds: float) -> list[str]:
-    latencies = [(o.end - o.start) * 1000 for o in outcomes]
-    return [
-        label,
-        str(len(outcomes)),
-        str(sum(not o.ok for o in outcomes)),
-        str(sum(o.retried for o in outcomes if o.ok)),
-        f"{percentile(latencies, 50):.0f}",
-        f"{percentile(latencies, 99):.0f}",
-        f"{len(outcomes) / seconds:.0f}" if seconds > 0 else "-",
-    ]
-
-
-def print_table(rows: list[list[str]]) -> None:
-    header = ["phase", "GETs", "failed", "retried", "p50 ms", "p99 ms", "req/s"]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for i, r in enumerate([header, *rows]):
-        print(
-            "  "
-            + "  ".join(
-                c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths, strict=True))
-            )
-        )
-        if i == 0:
-            print("  " + "  ".join("-" * w for w in widths))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return kill_test(args)
-    except SetupError as exc:
+    except (SetupError, EngineError) as exc:
         print(f"replica_kill: {exc}", file=sys.stderr)
         return 2
 
@@ -274,9 +130,14 @@ def main(argv: list[str] | None = None) -> int:
 def kill_test(args: argparse.Namespace) -> int:
     if hasattr(os, "geteuid") and os.geteuid() != 0:
         raise SetupError("run as root: the kill goes to the replica's host PID (see --help)")
-    compose = [*compose_command(), "-f", str(args.compose_file), "-p", args.project]
-    replicas = run([*compose, "ps", "-q", args.service]).split()
-    nginx = run([*compose, "ps", "-q", args.nginx_service]).split()
+    command = compose_command()
+    if not shutil.which(command[0]):
+        raise SetupError(
+            "no compose command: neither `docker compose` nor docker-compose (or set CTM_COMPOSE)"
+        )
+    compose = Compose(command, [args.compose_file], args.project)
+    replicas = run(compose.args("ps", "-q", args.service)).split()
+    nginx = run(compose.args("ps", "-q", args.nginx_service)).split()
     if len(replicas) < 2:
         raise SetupError(f"need at least 2 running replicas of {args.service} in project {args.project}")
     if not nginx:
@@ -294,7 +155,7 @@ def kill_test(args: argparse.Namespace) -> int:
         raise SetupError(f"{names[target]} is {old_state[0]}, not running")
     old_pid, old_restarts, old_address = old_state[1], int(old_state[2]), old_state[4]
     policy = inspect(target, "{{.HostConfig.RestartPolicy.Name}}")
-    host, port = nginx_address(nginx[0])
+    host, port = published_address(nginx[0], "8000/tcp")
     print(
         f"replica_kill: project {args.project}: {len(replicas)} replicas behind nginx at {host}:{port}; "
         f"{args.clients} clients; killing {names[target]} ({old_address}, host pid {old_pid}, "
@@ -330,14 +191,10 @@ def kill_test(args: argparse.Namespace) -> int:
         if rec.running is not None and serving is None:
             snapshot = outcomes[scanned:]
             scanned += len(snapshot)
-            serving = next(
-                (
-                    o.end
-                    for o in snapshot
-                    if o.ok and o.start >= rec.running and o.addresses[-1] == rec.address
-                ),
-                None,
-            )
+            back = [
+                o.end for o in snapshot if o.ok and o.start >= rec.running and o.addresses[-1] == rec.address
+            ]
+            serving = back[0] if back else None
         if serving is not None and rec.healthy is not None:
             break
         if not watcher.is_alive() and rec.running is None:
@@ -393,36 +250,26 @@ def kill_test(args: argparse.Namespace) -> int:
 
     ok = not failed and serving is not None
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "project": args.project,
-                    "replicas": len(replicas),
-                    "clients": args.clients,
-                    "requests": len(outcomes),
-                    "failed": len(failed),
-                    "retried": len(retried),
-                    "seconds": round(ended - began, 2),
-                    "requests_per_s": round(len(outcomes) / (ended - began), 1),
-                    "running_s": None if rec.running is None else round(rec.running - killed_at, 2),
-                    "healthy_s": None if rec.healthy is None else round(rec.healthy - killed_at, 2),
-                    "serving_s": None if serving is None else round(serving - killed_at, 2),
-                    "phases": [
-                        dict(
-                            zip(
-                                ["phase", "gets", "failed", "retried", "p50_ms", "p99_ms", "rps"],
-                                r,
-                                strict=True,
-                            )
-                        )
-                        for r in rows
-                    ],
-                    "passed": ok,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+
+        def after_kill(t: float | None) -> float | None:
+            return None if t is None else round(t - killed_at, 2)
+
+        numbers = {
+            "project": args.project,
+            "replicas": len(replicas),
+            "clients": args.clients,
+            "requests": len(outcomes),
+            "failed": len(failed),
+            "retried": len(retried),
+            "seconds": round(ended - began, 2),
+            "requests_per_s": round(len(outcomes) / (ended - began), 1),
+            "running_s": after_kill(rec.running),
+            "healthy_s": after_kill(rec.healthy),
+            "serving_s": after_kill(serving),
+            "phases": [dict(zip(PHASE_KEYS, r, strict=True)) for r in rows],
+            "passed": ok,
+        }
+        args.json.write_text(json.dumps(numbers, indent=2) + "\n")
     verdict = "PASSED" if ok else "FAILED"
     print(
         f"replica_kill: {verdict}: {len(failed)} of {len(outcomes)} GETs failed, {len(retried)} answered "
