@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         ckpt = load_checkpoint(path)
-        seed = int(ckpt.metadata.get("training", {}).get("seed", seed))
+        seed = ckpt.metadata.training.seed if ckpt.metadata.training is not None else seed
         row = {
             "task": name,
             "seed": seed,

@@ -27,7 +27,7 @@ from ctm_core.tasks import TASKS, get_task
 def kl_row(path: Path, n: int, seed: int, steps: int) -> dict[str, float | str] | None:
     """One table row for a checkpoint of a built-in task (None for other checkpoints)."""
     ckpt = load_checkpoint(path)
-    name = ckpt.metadata.get("task", {}).get("name")
+    name = ckpt.metadata.task.name
     if name not in TASKS:
         return None
     task = get_task(name)

@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                 str(args.threads),
             ]
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-            held = load_checkpoint(out).metadata["metrics"]["heldout_log_likelihood"]
+            held = load_checkpoint(out).metadata.metrics.heldout_log_likelihood
+            assert held is not None, f"{out}: training recorded no held-out likelihood"
             rows.append((name, seed, held["model"], held["kde"], held.get("density", "ode")))
             print(
                 f"{name} seed {seed}: model {held['model']:.4f} ({held.get('density')}), "

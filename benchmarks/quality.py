@@ -107,14 +107,14 @@ def load_models(paths: list[Path], tasks: set[str] | None, notes: list[str]) -> 
         except CheckpointError as exc:
             notes.append(f"skipped {path}: {exc}")
             continue
-        info = ckpt.metadata.get("task") or {}
-        name = str(info.get("name", "?"))
-        if info.get("kind") == "data" or name not in TASKS:
+        info = ckpt.metadata.task
+        name = info.name
+        if info.kind == "data" or name not in TASKS:
             notes.append(f"skipped {path}: task {name!r} is user data or not built in (no exact target)")
             continue
         if tasks is not None and name not in tasks:
             continue
-        mode = str((ckpt.metadata.get("training") or {}).get("mode", "?"))
+        mode = ckpt.metadata.training.mode if ckpt.metadata.training is not None else "?"
         models.append(Model(get_task(name), str(path), mode, ckpt.student, ckpt.teacher, ckpt.noise))
     return models
 

@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING
 import httpx
 import torch
 
-from ctm_core.checkpoint import atomic_write_bytes, build_model, checkpoint_metadata, save_checkpoint
+from ctm_core.checkpoint import (
+    TaskInfo,
+    atomic_write_bytes,
+    build_model,
+    checkpoint_metadata,
+    save_checkpoint,
+)
 from ctm_core.config import NetworkConfig, NoiseConfig
 
 if TYPE_CHECKING:
@@ -40,8 +46,7 @@ def checkpoint_bytes(folder: Path, name: str, noise: NoiseConfig, seed: int) -> 
     metadata = checkpoint_metadata(
         network=network,
         noise=noise,
-        task={"name": name, "description": f"load-test model {name}"},
-        training={"seed": seed},
+        task=TaskInfo(name=name, description=f"load-test model {name}"),
     )
     save_checkpoint(path, student=student, teacher=None, metadata=metadata)
     data = path.read_bytes()

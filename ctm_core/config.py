@@ -121,8 +121,9 @@ class CTMConfig(_Strict):
     scratch_max_jump: int = Field(1, ge=1)
 
 
-class TrainConfig(_Strict):
-    """Everything one training run needs; what is saved in the checkpoint's metadata."""
+class RunConfig(_Strict):
+    """A training run's settings apart from the model they build (`TrainConfig` adds the network
+    and the noise range): what a checkpoint records of its run (`ctm_core.checkpoint.TrainingRecord`)."""
 
     mode: Literal["distill", "scratch"] = "distill"
     task: str | None = "two_gmm_1D"
@@ -130,10 +131,15 @@ class TrainConfig(_Strict):
     holdout: float = Field(0.2, ge=0, lt=1)
     seed: int = Field(0, ge=0, le=MAX_SEED)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
-    network: NetworkConfig = NetworkConfig()
-    noise: NoiseConfig = NoiseConfig()
     teacher: TeacherConfig = TeacherConfig()
     ctm: CTMConfig = CTMConfig()
+
+
+class TrainConfig(RunConfig):
+    """Everything one training run needs: the run's settings, the network and the noise range."""
+
+    network: NetworkConfig = NetworkConfig()
+    noise: NoiseConfig = NoiseConfig()
 
 
 # From scratch there is no teacher: the target is the student's own jump, so it bootstraps. With a

@@ -10,7 +10,15 @@ from typing import Any, Protocol
 
 import torch
 
-from ctm_core.checkpoint import Checkpoint, checkpoint_metadata, load_checkpoint, save_checkpoint
+from ctm_core.checkpoint import (
+    Checkpoint,
+    Metrics,
+    TaskInfo,
+    TrainingRecord,
+    checkpoint_metadata,
+    load_checkpoint,
+    save_checkpoint,
+)
 from ctm_core.config import TrainConfig, default_config
 from ctm_core.tasks import get_task
 from ctm_core.trainer import Trainer
@@ -71,9 +79,12 @@ def save_run(
     """Write a training run's checkpoint: its networks (the teacher too when distilled), the
     recipe and the trainer's progress (`training`, plus `extra`), `task` and `metrics`; `state`
     (the optimisers' tensors) makes it resumable."""
-    training = {**config.model_dump(), "state": trainer.state_metadata(), **(extra or {})}
     meta = checkpoint_metadata(
-        network=config.network, noise=config.noise, task=task, training=training, metrics=metrics or {}
+        network=config.network,
+        noise=config.noise,
+        task=TaskInfo.model_validate(task),
+        training=TrainingRecord.of(config, trainer.state_metadata(), **(extra or {})),
+        metrics=Metrics.model_validate(metrics or {}),
     )
     teacher = trainer.teacher_eval if config.mode == "distill" else None
     save_checkpoint(out, student=trainer.student_eval, teacher=teacher, metadata=meta, state=state)
@@ -83,15 +94,10 @@ def resume_state(path: Path, config: TrainConfig, device: torch.device) -> tuple
     """The checkpoint to resume and its saved progress; ValueError when it was trained with other
     settings than `config` or holds a finished run."""
     ckpt = load_checkpoint(path, device=device)
-    saved = dict(ckpt.metadata.get("training", {}))
-    state = saved.pop("state", None)
-    saved.pop("distributed", None)
-    saved.pop("wall_seconds", None)  # `train_model`'s note, not a setting
-    same = TrainConfig.model_validate(saved).model_dump(exclude={"device"}) == config.model_dump(
-        exclude={"device"}
-    )
-    if not same:
+    record = ckpt.metadata.training
+    saved = None if record is None else record.train_config(ckpt.metadata.network, ckpt.noise)
+    if record is None or saved is None or saved.model_copy(update={"device": config.device}) != config:
         raise ValueError(f"{path} was trained with other settings; resume with the same command")
-    if not state or state.get("phase") == "done" or not ckpt.state:
+    if record.state.phase == "done" or not ckpt.state:
         raise ValueError(f"{path} holds a finished run: nothing to resume")
-    return ckpt, state
+    return ckpt, record.state.model_dump()

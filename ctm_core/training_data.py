@@ -38,7 +38,8 @@ def load_task(config: TrainConfig) -> tuple[Task, np.ndarray | None, dict[str, A
 def _data_info(
     config: TrainConfig, statistics: dict[str, Any], n_train: int, n_holdout: int, task: EmpiricalTask | None
 ) -> dict[str, Any]:
-    """The metadata's description of --data; `task` (the training values) gives the KDE points."""
+    """The metadata's description of --data (`ctm_core.checkpoint.TaskInfo`; the holdout fraction is
+    the run's setting); `task` (the training values) gives the KDE points."""
     assert config.data is not None
     info = {
         "name": Path(config.data).stem,
@@ -46,7 +47,6 @@ def _data_info(
         "description": f"user data from {Path(config.data).name}: {n_train} training values",
         "file": Path(config.data).name,
         "statistics": statistics,
-        "holdout": config.holdout,
         "n_train": int(n_train),
         "n_holdout": int(n_holdout),
     }

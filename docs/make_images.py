@@ -94,7 +94,7 @@ def training_figures(checkpoint: Path, out: Path) -> None:
     from ctm_core.tasks import get_task
 
     loaded = load_checkpoint(checkpoint)
-    task = get_task(loaded.metadata["task"]["name"])
+    task = get_task(loaded.metadata.task.name)
     write_training_figures(out, loaded.student, loaded.teacher, task, loaded.noise)
     plt.close("all")
 

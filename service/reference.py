@@ -8,13 +8,12 @@ two-sample W1 for distances, their histogram in figures (`histogram_density`, on
 bins), and a Scott's-rule Gaussian KDE for /models/{name}/density. Any other model has no reference.
 """
 
-import logging
-import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from ctm_core.checkpoint import TaskInfo
 from service.registry import LoadedModel
 
 if TYPE_CHECKING:
@@ -23,10 +22,7 @@ if TYPE_CHECKING:
 # ctm_core.tasks and ctm_core.metrics import scipy.stats (0.6 s and 60 MB): imported by the first
 # request that needs a reference, not at the server's start.
 
-logger = logging.getLogger(__name__)
-
 ReferenceSource = Literal["exact", "kde"]
-KDE_POINTS_KEY = "kde_points"
 # Most stored training values used: bounds the cost of a KDE on a grid of 10,000 points.
 MAX_KDE_POINTS = 2_000
 # Default grid: the central 99.8% of the reference, widened by this fraction of its width.
@@ -113,46 +109,43 @@ def histogram_density(
     return edges, counts / (max(x.size, 1) * width)
 
 
-def task_metadata(model: LoadedModel) -> dict[str, Any]:
+def task_metadata(model: LoadedModel) -> TaskInfo:
     """The checkpoint's own `task` metadata (the public ModelInfo may leave out `kde_points`)."""
-    task = model.checkpoint.metadata.get("task")
-    return task if isinstance(task, dict) else {}
+    return model.checkpoint.metadata.task
 
 
-def reference_for(task: dict[str, Any]) -> Reference | None:
+def reference_for(task: TaskInfo) -> Reference | None:
     """The reference of a model with checkpoint metadata `task`, or None when it has none."""
     from ctm_core.tasks import TASKS, EmpiricalTask
 
-    if task.get("kind") == "data" or KDE_POINTS_KEY in task:
-        values = _kde_points(task.get(KDE_POINTS_KEY))
+    if task.kind == "data" or task.kde_points is not None:
+        values = _kde_points(task.kde_points)
         if values is None:
             return None
-        return Reference(EmpiricalTask(values, name=str(task.get("name") or "data")), "kde")
-    builtin = TASKS.get(str(task.get("name")))
+        return Reference(EmpiricalTask(values, name=task.name or "data"), "kde")
+    builtin = TASKS.get(task.name)
     return None if builtin is None else Reference(builtin, "exact")
 
 
-def no_reference_reason(task: dict[str, Any]) -> str:
+def no_reference_reason(task: TaskInfo) -> str:
     """Why `reference_for(task)` is None, for a 404 message."""
     from ctm_core.tasks import TASKS
 
-    if task.get("kind") == "data" or KDE_POINTS_KEY in task:
+    if task.kind == "data" or task.kde_points is not None:
         return (
-            f"it was trained on user data and its checkpoint stores no usable '{KDE_POINTS_KEY}' "
-            "(at least 2 finite training values) to estimate the data's density from"
+            "it was trained on user data and its checkpoint stores no usable 'kde_points' "
+            "(at least 2 distinct training values) to estimate the data's density from"
         )
     valid = ", ".join(sorted(TASKS))
-    return f"its task {str(task.get('name'))[:80]!r} is not a built-in task ({valid})"
+    return f"its task {task.name[:80]!r} is not a built-in task ({valid})"
 
 
-def _kde_points(raw: Any) -> np.ndarray | None:
-    """The stored training values as a sorted float64 array (at most MAX_KDE_POINTS), or None."""
-    if not isinstance(raw, list) or len(raw) < 2:
+def _kde_points(points: list[float] | None) -> np.ndarray | None:
+    """The stored training values (finite: `TaskInfo` checks them) as a sorted float64 array (at
+    most MAX_KDE_POINTS), or None when fewer than 2 distinct."""
+    if points is None or len(points) < 2:
         return None
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in raw):
-        logger.warning("kde_points ignored: not a list of finite numbers")
-        return None
-    values = np.sort(np.asarray(raw, dtype=np.float64))
+    values = np.sort(np.asarray(points, dtype=np.float64))
     if values.size > MAX_KDE_POINTS:
         values = values[np.round(np.linspace(0, values.size - 1, MAX_KDE_POINTS)).astype(np.int64)]
     if values[0] == values[-1]:  # a KDE of identical values has no bandwidth
@@ -160,7 +153,7 @@ def _kde_points(raw: Any) -> np.ndarray | None:
     return values
 
 
-def measure(task: dict[str, Any], samples: np.ndarray) -> tuple[ReferenceSource | None, float | None]:
+def measure(task: TaskInfo, samples: np.ndarray) -> tuple[ReferenceSource | None, float | None]:
     """(source, W1) of the samples against the reference of a model with metadata `task`, or (None, None)."""
     reference = reference_for(task)
     if reference is None:

@@ -17,17 +17,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
 import torch
-from pydantic import ValidationError
 
 from ctm_core.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from ctm_core.model import checked_runtime
 from ctm_core.parametrization import CTMParametrization
 from ctm_core.runtime import Runtime, batch_invariant
-from ctm_core.samplers import SPECS
-from service.schemas import ModelInfo, NoiseInfo, RejectedCheckpoint
+from service.schemas import ModelInfo, RejectedCheckpoint
 
 logger = logging.getLogger(__name__)
 
@@ -307,60 +304,16 @@ def load_model(path: Path, device: torch.device, stamp: FileStamp | None = None)
     """Load and validate one checkpoint; raise CheckpointError with a message a person can act on."""
     checkpoint = load_checkpoint(path, device)
     runtime = checked_runtime(checkpoint)
-    try:
-        info = describe(path.stem, checkpoint)
-    except ValidationError as exc:
-        raise CheckpointError(f"{path}: metadata cannot be described ({exc.error_count()} errors)") from None
+    info = ModelInfo.from_checkpoint(path.stem, checkpoint)
     batchable = runtime is not checkpoint.student and batch_invariant(runtime)
     return LoadedModel(
         name=path.stem, checkpoint=checkpoint, info=info, runtime=runtime, batchable=batchable, stamp=stamp
     )
 
 
-def describe(name: str, checkpoint: Checkpoint) -> ModelInfo:
-    """The public description of a checkpoint, from its metadata and file."""
-    meta = checkpoint.metadata
-    task = _as_dict(meta.get("task"))
-    noise = checkpoint.noise
-    return ModelInfo(
-        name=name,
-        description=str(task.get("description") or task.get("name") or ""),
-        task=task,
-        architecture=_as_dict(meta.get("architecture")),
-        noise=NoiseInfo(
-            sigma_min=noise.sigma_min,
-            sigma_max=noise.sigma_max,
-            sigma_data=checkpoint.student.sigma_data,
-            rho=noise.rho,
-            schedule=noise.schedule,
-            jump_schedule=noise.jump_schedule,
-            prior_std=noise.prior_std,
-        ),
-        training=_as_dict(meta.get("training")),
-        metrics=_as_dict(meta.get("metrics")),
-        samplers=list(SPECS),
-        default_steps={name: spec.default_steps for name, spec in SPECS.items()},
-        has_teacher=checkpoint.teacher is not None,
-        file_name=checkpoint.path.name,
-        size_bytes=checkpoint.size_bytes,
-        sha256=checkpoint.sha256,
-        created_at=_str_or_none(meta.get("created_at")),
-        format_version=meta["format_version"],
-        package_version=_str_or_none(meta.get("package_version")),
-    )
-
-
 def _reason(path: Path, exc: Exception) -> str:
     """The error in one line, without the file's path (the API shows it; the file name is given apart)."""
     return _one_line(str(exc).removeprefix(f"{path}: "))
-
-
-def _as_dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _str_or_none(value: Any) -> str | None:
-    return None if value is None else str(value)
 
 
 def _one_line(message: str) -> str:

@@ -1,11 +1,15 @@
-"""Response shapes of the HTTP API (pydantic models): what the OpenAPI document declares."""
+"""Request and response shapes of the HTTP API (pydantic models): what the OpenAPI document declares.
+
+`ModelInfo.from_checkpoint` builds a model's public description from its checkpoint's typed metadata.
+"""
 
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from ctm_core.checkpoint import Checkpoint
 from ctm_core.likelihood import DensityName
-from ctm_core.samplers import NoiseMode, SamplerName
+from ctm_core.samplers import SPECS, NoiseMode, SamplerName
 
 
 class ValidationErrorItem(BaseModel):
@@ -95,6 +99,62 @@ class ModelInfo(BaseModel):
     created_at: str | None
     format_version: int
     package_version: str | None
+
+    @classmethod
+    def from_checkpoint(cls, name: str, checkpoint: Checkpoint) -> "ModelInfo":
+        """The public description of a loaded checkpoint, from its metadata and its file.
+
+        `architecture` and `training` show the network and noise range the metadata holds once, and
+        a data task its run's holdout fraction; free-form objects list their keys sorted, as the
+        checkpoint's JSON has them."""
+        meta, noise = checkpoint.metadata, checkpoint.noise
+        assert noise.sigma_data is not None  # CheckpointMetadata requires it
+        network = meta.network.model_dump(mode="json")
+        task = meta.task.model_dump(mode="json")
+        training: dict[str, Any] = {}
+        if meta.training is not None:
+            training = {
+                **meta.training.model_dump(mode="json"),
+                "network": network,
+                "noise": noise.model_dump(mode="json"),
+            }
+            if meta.task.kind == "data":
+                task["holdout"] = meta.training.holdout
+        return cls(
+            name=name,
+            description=meta.task.description or meta.task.name,
+            task=_sorted(task),
+            architecture={"network": _sorted(network), "sigma_data": noise.sigma_data},
+            noise=NoiseInfo(
+                sigma_min=noise.sigma_min,
+                sigma_max=noise.sigma_max,
+                sigma_data=noise.sigma_data,
+                rho=noise.rho,
+                schedule=noise.schedule,
+                jump_schedule=noise.jump_schedule,
+                prior_std=noise.prior_std,
+            ),
+            training=_sorted(training),
+            metrics=_sorted(meta.metrics.model_dump(mode="json")),
+            samplers=list(SPECS),
+            default_steps={sampler: spec.default_steps for sampler, spec in SPECS.items()},
+            has_teacher=checkpoint.teacher is not None,
+            file_name=checkpoint.path.name,
+            size_bytes=checkpoint.size_bytes,
+            sha256=checkpoint.sha256,
+            created_at=meta.created_at,
+            format_version=checkpoint.format_version,
+            package_version=meta.package_version,
+        )
+
+
+def _sorted(value: Any) -> Any:
+    """`value` with the keys of every object in it sorted."""
+    if isinstance(value, dict):
+        return {key: _sorted(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(item) for item in value]
+    return value
 
 
 class RejectedCheckpoint(BaseModel):

@@ -12,13 +12,19 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
-from ctm_core.checkpoint import build_model, checkpoint_metadata, save_checkpoint
-from ctm_core.config import NetworkConfig, NoiseConfig
+from ctm_core.checkpoint import (
+    Metrics,
+    TaskInfo,
+    TrainingRecord,
+    build_model,
+    checkpoint_metadata,
+    save_checkpoint,
+)
+from ctm_core.config import NetworkConfig, NoiseConfig, TrainConfig
 
 # Under mutation testing (docs/TESTING.md) workers are forked after collection has started torch's
 # OpenMP pool, which then hangs: keep torch single-threaded there.
@@ -73,6 +79,8 @@ FIXTURE_MODELS: dict[str, tuple[NoiseConfig, bool]] = {
 }
 
 MakeCheckpoint = Callable[..., Path]
+# The metrics every fixture model records (its evaluation table: one row).
+FIXTURE_METRICS = Metrics(rows=[{"label": "student onestep", "qW1": 1.25}])
 
 
 def write_checkpoint(
@@ -82,7 +90,7 @@ def write_checkpoint(
     with_teacher: bool = False,
     seed: int = 0,
     network: NetworkConfig = TINY_NETWORK,
-    metrics: dict[str, Any] | None = None,
+    metrics: Metrics | None = None,
 ) -> Path:
     """Save an untrained model with seeded weights at `path` (task name: the file's stem)."""
     assert noise.sigma_data is not None
@@ -93,9 +101,9 @@ def write_checkpoint(
     metadata = checkpoint_metadata(
         network=network,
         noise=noise,
-        task={"name": path.stem, "description": f"test model {path.stem}"},
-        training={"mode": "distill", "steps": 0, "seed": seed},
-        metrics=metrics if metrics is not None else {"qW1_onestep": 1.25},
+        task=TaskInfo(name=path.stem, description=f"test model {path.stem}"),
+        training=TrainingRecord.of(TrainConfig(seed=seed), {"phase": "done", "step": 0}),
+        metrics=metrics if metrics is not None else FIXTURE_METRICS,
         created_at="2024-01-01T00:00:00+00:00",
     )
     save_checkpoint(path, student=student, teacher=teacher, metadata=metadata)

@@ -18,7 +18,7 @@ import pytest
 import torch
 from real_server import REPO_ROOT, running_server
 
-from ctm_core.checkpoint import build_model, checkpoint_metadata, save_checkpoint
+from ctm_core.checkpoint import TaskInfo, build_model, checkpoint_metadata, save_checkpoint
 from ctm_core.config import NetworkConfig, NoiseConfig
 from ctm_core.samplers import SAMPLERS, nfe_of
 
@@ -75,7 +75,7 @@ def write_data_checkpoint(path: Path, kde_points: list[float]) -> None:
     """An untrained model of user data whose metadata stores training values for the KDE."""
     network = NetworkConfig(width=16, depth=2)
     noise = NoiseConfig(sigma_min=0.002, sigma_max=10.0, sigma_data=1.0)
-    task = {"name": path.stem, "kind": "data", "description": "user data", "kde_points": kde_points}
+    task = TaskInfo(name=path.stem, kind="data", description="user data", kde_points=kde_points)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         student = build_model(network, 1.0)

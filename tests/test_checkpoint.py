@@ -12,7 +12,21 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import save as save_tensors
+from checkpoint_files import (
+    CREATED_AT,
+    MONOTONE,
+    NETWORK,
+    NOISE,
+    TRAINING,
+    assert_state_dicts_equal,
+    file_header,
+    load_error,
+    metadata_json,
+    sample_metadata,
+    seeded_model,
+    student_tensors,
+    write_file,
+)
 from safetensors.torch import save_file
 
 import ctm_core
@@ -21,82 +35,41 @@ from ctm_core.checkpoint import (
     MAX_FILE_BYTES,
     MAX_HEADER_BYTES,
     METADATA_KEY,
-    CheckpointError,
+    Metrics,
+    TaskInfo,
     atomic_write_bytes,
-    build_model,
     checkpoint_metadata,
     load_checkpoint,
     save_checkpoint,
 )
-from ctm_core.config import NetworkConfig, NoiseConfig
+from ctm_core.config import CTMConfig, NetworkConfig, NoiseConfig, TrainConfig
 from ctm_core.network import CTMNetwork, MonotoneNetwork
-from ctm_core.parametrization import CTMParametrization
 
 ROOT = Path(__file__).resolve().parent.parent
-# Most tests below name MLP tensors (net.mlp.<i>.weight): they pin the MLP kind.
-NETWORK = NetworkConfig(kind="mlp", width=16, depth=2)
-MONOTONE = NetworkConfig(kind="monotone", width=16, depth=2, units=8)
-NOISE = NoiseConfig(sigma_min=0.002, sigma_max=10.0, sigma_data=0.5)
-CREATED_AT = "2024-01-01T00:00:00+00:00"
-
-
-def _model(seed: int, network: NetworkConfig = NETWORK, data_mean: float = 0.0) -> CTMParametrization:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build_model(network, NOISE.sigma_data, data_mean)
-
-
-def _metadata(network: NetworkConfig = NETWORK, noise: NoiseConfig = NOISE) -> dict[str, Any]:
-    return checkpoint_metadata(
-        network=network,
-        noise=noise,
-        task={"name": "two_gmm_1D", "description": "test task"},
-        training={"mode": "distill", "seed": 3, "ctm": {"steps": 7}},
-        metrics={"rows": [{"label": "student onestep", "qW1": 0.5}]},
-        created_at=CREATED_AT,
-    )
-
-
-def _header(metadata: dict[str, Any], has_teacher: bool = False) -> dict[str, str]:
-    """The safetensors metadata save_checkpoint writes, for crafting files by hand."""
-    full = {**metadata, "format_version": FORMAT_VERSION, "has_teacher": has_teacher}
-    return {METADATA_KEY: json.dumps(full, sort_keys=True)}
-
-
-def _student_tensors(model: CTMParametrization) -> dict[str, torch.Tensor]:
-    return {f"student.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
 
 
 @pytest.fixture
 def good(tmp_path: Path) -> Path:
     """A valid student-only checkpoint."""
     path = tmp_path / "good.safetensors"
-    save_checkpoint(path, student=_model(0), teacher=None, metadata=_metadata())
+    save_checkpoint(path, student=seeded_model(0), teacher=None, metadata=sample_metadata())
     return path
-
-
-def _assert_state_dicts_equal(a: torch.nn.Module, b: torch.nn.Module) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for key in sa:
-        assert sa[key].dtype == sb[key].dtype, key
-        assert torch.equal(sa[key], sb[key]), key
 
 
 # ---- round trip --------------------------------------------------------------------------------
 
 
 def test_round_trip_with_teacher_and_state(tmp_path: Path) -> None:
-    student, teacher = _model(1), _model(2)
+    student, teacher = seeded_model(1), seeded_model(2)
     state = {"rng": torch.arange(5, dtype=torch.uint8), "optim.0.exp_avg": torch.randn(3, 4)}
-    metadata = _metadata()
+    metadata = sample_metadata()
     path = tmp_path / "sub" / "dir" / "model.safetensors"  # parents are created
     save_checkpoint(path, student=student, teacher=teacher, metadata=metadata, state=state)
 
     ckpt = load_checkpoint(path)
-    _assert_state_dicts_equal(ckpt.student, student)
+    assert_state_dicts_equal(ckpt.student, student)
     assert ckpt.teacher is not None
-    _assert_state_dicts_equal(ckpt.teacher, teacher)
+    assert_state_dicts_equal(ckpt.teacher, teacher)
     # The two networks really were different (so the test can tell them apart).
     assert not torch.equal(
         ckpt.student.state_dict()["net.mlp.0.weight"], teacher.state_dict()["net.mlp.0.weight"]
@@ -106,8 +79,8 @@ def test_round_trip_with_teacher_and_state(tmp_path: Path) -> None:
         assert ckpt.state[key].dtype == value.dtype
         assert torch.equal(ckpt.state[key], value)
 
-    assert ckpt.metadata == {**metadata, "format_version": FORMAT_VERSION, "has_teacher": True}
-    assert ckpt.metadata["created_at"] == CREATED_AT
+    assert ckpt.metadata == metadata and ckpt.format_version == FORMAT_VERSION
+    assert ckpt.metadata.created_at == CREATED_AT
     assert ckpt.noise == NOISE
     data = path.read_bytes()
     assert ckpt.sha256 == hashlib.sha256(data).hexdigest()
@@ -124,18 +97,18 @@ def test_round_trip_with_teacher_and_state(tmp_path: Path) -> None:
 def test_round_trip_of_a_monotone_model(tmp_path: Path) -> None:
     """The default kind: its conditioner and head come back, with the data mean, and jump the same."""
     noise = NOISE.model_copy(update={"data_mean": 0.7})
-    student, teacher = _model(1, MONOTONE, 0.7), _model(2, MONOTONE, 0.7)
+    student, teacher = seeded_model(1, MONOTONE, 0.7), seeded_model(2, MONOTONE, 0.7)
     with torch.no_grad():  # off the initialisation, so that every coefficient matters
         for p in (*student.parameters(), *teacher.parameters()):
             p.add_(0.3 * torch.randn_like(p))
     path = tmp_path / "monotone.safetensors"
-    save_checkpoint(path, student=student, teacher=teacher, metadata=_metadata(MONOTONE, noise))
+    save_checkpoint(path, student=student, teacher=teacher, metadata=sample_metadata(MONOTONE, noise))
 
     ckpt = load_checkpoint(path)
     assert isinstance(ckpt.student.net, MonotoneNetwork) and isinstance(ckpt.teacher.net, MonotoneNetwork)
-    assert ckpt.metadata["architecture"]["network"]["kind"] == "monotone"
-    _assert_state_dicts_equal(ckpt.student, student)
-    _assert_state_dicts_equal(ckpt.teacher, teacher)
+    assert ckpt.metadata.network.kind == "monotone"
+    assert_state_dicts_equal(ckpt.student, student)
+    assert_state_dicts_equal(ckpt.teacher, teacher)
     assert {k.split(".")[1] for k in ckpt.student.state_dict()} == {"trunk", "head"}
     assert ckpt.student.data_mean == 0.7 and ckpt.noise.data_mean == 0.7
     x = 0.7 + torch.linspace(-30, 30, 301)
@@ -146,8 +119,8 @@ def test_round_trip_of_a_monotone_model(tmp_path: Path) -> None:
             assert torch.equal(ckpt.teacher.denoise(x, tt), teacher.denoise(x, tt))
     # The two kinds do not load into each other: a monotone file claiming to be an MLP is refused.
     path = tmp_path / "claims_mlp.safetensors"
-    save_checkpoint(path, student=student, teacher=None, metadata=_metadata(NETWORK, noise))
-    assert "do not match the architecture" in _load_error(path)
+    save_checkpoint(path, student=student, teacher=None, metadata=sample_metadata(NETWORK, noise))
+    assert "do not match the architecture" in load_error(path)
 
 
 def test_mlp_kind_round_trips_as_an_mlp(good: Path) -> None:
@@ -161,46 +134,56 @@ def test_mlp_kind_round_trips_as_an_mlp(good: Path) -> None:
         (NoiseConfig(sigma_min=0.01, sigma_max=5.0, sigma_data=2.0, data_mean=-1.5), -1.5, math.sqrt(29.0)),
     ],
 )
-def test_metadata_records_the_wide_prior(tmp_path: Path, noise: NoiseConfig, mean: float, std: float) -> None:
-    """The prior is N(μ, σ_max² + σ_d²), written into every checkpoint (format version 2)."""
-    assert FORMAT_VERSION == 2
+def test_the_wide_prior_follows_from_the_noise_range(
+    tmp_path: Path, noise: NoiseConfig, mean: float, std: float
+) -> None:
+    """The prior N(μ, σ_max² + σ_d²) is not stored (format 3): the saved noise range gives it."""
     path = tmp_path / "prior.safetensors"
-    save_checkpoint(path, student=_model(0), teacher=None, metadata=_metadata(noise=noise))
-    prior = load_checkpoint(path).metadata["prior"]
-    assert prior["distribution"] == "normal"
-    assert prior["mean"] == pytest.approx(mean, abs=1e-15)
-    assert prior["std"] == pytest.approx(std, rel=1e-12)
+    save_checkpoint(path, student=seeded_model(0), teacher=None, metadata=sample_metadata(noise=noise))
+    loaded = load_checkpoint(path).noise
+    assert (loaded.data_mean or 0.0) == pytest.approx(mean, abs=1e-15)
+    assert loaded.prior_std == pytest.approx(std, rel=1e-12)
 
 
-def test_version_1_files_are_refused_with_a_call_to_retrain(tmp_path: Path) -> None:
-    """Version 1 models were trained and sampled with the narrow prior N(μ, σ_max²)."""
-    meta = {**_metadata(), "format_version": 1, "has_teacher": False}
-    meta.pop("prior")
-    path = _write(tmp_path / "v1.safetensors", _student_tensors(_model(0)), {METADATA_KEY: json.dumps(meta)})
-    message = _load_error(path)
-    assert "format version 1" in message and "prior" in message and "Retrain" in message
+def _keys(value: Any) -> list[str]:
+    """Every key of every object in a JSON value."""
+    if isinstance(value, dict):
+        return [k for k, v in value.items() for k in [k, *_keys(v)]]
+    return [k for item in value for k in _keys(item)] if isinstance(value, list) else []
+
+
+def test_format_3_stores_each_fact_once(good: Path) -> None:
+    """σ_d, the data mean, the network and the noise range: one place each; no prior, no copies."""
+    assert FORMAT_VERSION == 3
+    length = struct.unpack("<Q", good.read_bytes()[:8])[0]
+    raw = json.loads(json.loads(good.read_bytes()[8 : 8 + length])["__metadata__"][METADATA_KEY])
+    described = {"network", "noise", "task", "training", "metrics", "package_version", "created_at"}
+    assert set(raw) == described | {"format_version", "has_teacher"}
+    keys = _keys(raw)
+    for key in ("sigma_data", "data_mean", "network", "noise", "holdout", "width", "sigma_max"):
+        assert keys.count(key) == 1, key
+    assert "prior" not in keys and "architecture" not in keys
 
 
 def test_round_trip_without_teacher(good: Path) -> None:
     ckpt = load_checkpoint(good)
     assert ckpt.teacher is None
-    assert ckpt.metadata["has_teacher"] is False
     assert ckpt.state == {}
-    _assert_state_dicts_equal(ckpt.student, _model(0))
+    assert_state_dicts_equal(ckpt.student, seeded_model(0))
 
 
 def test_save_is_deterministic(tmp_path: Path) -> None:
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     for path in (a, b):
-        save_checkpoint(path, student=_model(0), teacher=_model(1), metadata=_metadata())
+        save_checkpoint(path, student=seeded_model(0), teacher=seeded_model(1), metadata=sample_metadata())
     assert a.read_bytes() == b.read_bytes()
 
 
 def test_default_created_at_is_an_iso_timestamp() -> None:
-    meta = checkpoint_metadata(network=NETWORK, noise=NOISE, task={"name": "x", "description": "y"})
-    assert meta["created_at"][:2] == "20" and meta["created_at"].endswith("+00:00")
+    meta = checkpoint_metadata(network=NETWORK, noise=NOISE, task=TaskInfo(name="x", description="y"))
+    assert meta.created_at[:2] == "20" and meta.created_at.endswith("+00:00")
     with pytest.raises(ValueError, match="sigma_data"):
-        checkpoint_metadata(network=NETWORK, noise=NoiseConfig(), task={})
+        checkpoint_metadata(network=NETWORK, noise=NoiseConfig(), task=TaskInfo(name="x"))
 
 
 # ---- atomic writes -----------------------------------------------------------------------------
@@ -208,17 +191,17 @@ def test_default_created_at_is_an_iso_timestamp() -> None:
 
 def test_atomic_write_leaves_no_temporary_files(tmp_path: Path) -> None:
     path = tmp_path / "model.safetensors"
-    save_checkpoint(path, student=_model(0), teacher=None, metadata=_metadata())
-    save_checkpoint(path, student=_model(1), teacher=None, metadata=_metadata())  # replace
+    save_checkpoint(path, student=seeded_model(0), teacher=None, metadata=sample_metadata())
+    save_checkpoint(path, student=seeded_model(1), teacher=None, metadata=sample_metadata())  # replace
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
-    _assert_state_dicts_equal(load_checkpoint(path).student, _model(1))
+    assert_state_dicts_equal(load_checkpoint(path).student, seeded_model(1))
 
 
 def test_failed_write_keeps_the_old_file_and_no_temporary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "model.safetensors"
-    save_checkpoint(path, student=_model(0), teacher=None, metadata=_metadata())
+    save_checkpoint(path, student=seeded_model(0), teacher=None, metadata=sample_metadata())
     before = path.read_bytes()
 
     def crash(src: str, dst: str) -> None:
@@ -226,7 +209,7 @@ def test_failed_write_keeps_the_old_file_and_no_temporary(
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(path, student=_model(1), teacher=None, metadata=_metadata())
+        save_checkpoint(path, student=seeded_model(1), teacher=None, metadata=sample_metadata())
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
@@ -235,30 +218,20 @@ def test_failed_write_keeps_the_old_file_and_no_temporary(
 # ---- bad files ---------------------------------------------------------------------------------
 
 
-def _load_error(path: Path, one_line: bool = True) -> str:
-    with pytest.raises(CheckpointError) as info:
-        load_checkpoint(path)
-    message = str(info.value)
-    assert str(path) in message, "the message names the file"
-    if one_line:  # the CLI prints it as its one "error:" line
-        assert "\n" not in message
-    return message
-
-
 def test_missing_file(tmp_path: Path) -> None:
-    assert "no such file" in _load_error(tmp_path / "absent.safetensors")
+    assert "no such file" in load_error(tmp_path / "absent.safetensors")
 
 
 def test_directory(tmp_path: Path) -> None:
     folder = tmp_path / "looks_like.safetensors"
     folder.mkdir()
-    assert "not a regular file" in _load_error(folder)
+    assert "not a regular file" in load_error(folder)
 
 
 def test_broken_symlink(tmp_path: Path) -> None:
     link = tmp_path / "link.safetensors"
     link.symlink_to(tmp_path / "gone.safetensors")
-    assert "broken symbolic link" in _load_error(link)
+    assert "broken symbolic link" in load_error(link)
 
 
 def test_symlink_to_a_good_file_loads(good: Path, tmp_path: Path) -> None:
@@ -270,13 +243,13 @@ def test_symlink_to_a_good_file_loads(good: Path, tmp_path: Path) -> None:
 def test_empty_file(tmp_path: Path) -> None:
     path = tmp_path / "empty.safetensors"
     path.write_bytes(b"")
-    assert "empty file" in _load_error(path)
+    assert "empty file" in load_error(path)
 
 
 def test_shorter_than_the_length_field(tmp_path: Path) -> None:
     path = tmp_path / "tiny.safetensors"
     path.write_bytes(b"\x01\x02\x03\x04\x05")
-    message = _load_error(path)
+    message = load_error(path)
     assert "truncated" in message and "5 bytes" in message
 
 
@@ -284,31 +257,31 @@ def test_larger_than_the_size_limit(tmp_path: Path) -> None:
     path = tmp_path / "huge.safetensors"
     with path.open("wb") as f:
         f.truncate(MAX_FILE_BYTES + 1)  # sparse: costs no disk
-    assert "larger than" in _load_error(path)
+    assert "larger than" in load_error(path)
 
 
 def test_truncated_file(good: Path, tmp_path: Path) -> None:
     path = tmp_path / "cut.safetensors"
     path.write_bytes(good.read_bytes()[:-16])
-    assert "not a valid safetensors file" in _load_error(path)
+    assert "not a valid safetensors file" in load_error(path)
 
 
 def test_truncated_inside_the_header(good: Path, tmp_path: Path) -> None:
     path = tmp_path / "cut.safetensors"
     path.write_bytes(good.read_bytes()[:40])
-    assert "header runs past the end" in _load_error(path)
+    assert "header runs past the end" in load_error(path)
 
 
 def test_header_length_larger_than_the_file(tmp_path: Path) -> None:
     path = tmp_path / "liar.safetensors"
     path.write_bytes(struct.pack("<Q", 1000) + b"{}")
-    assert "header runs past the end" in _load_error(path)
+    assert "header runs past the end" in load_error(path)
 
 
 def test_header_length_above_the_limit(tmp_path: Path) -> None:
     path = tmp_path / "giant_header.safetensors"
     path.write_bytes(struct.pack("<Q", MAX_HEADER_BYTES + 1) + b"{}" * 8)
-    message = _load_error(path)
+    message = load_error(path)
     assert f"header claims {MAX_HEADER_BYTES + 1} bytes" in message
     assert "not a safetensors checkpoint" in message
 
@@ -326,108 +299,109 @@ def test_header_length_above_the_limit(tmp_path: Path) -> None:
 def test_bad_header(tmp_path: Path, header: bytes, expected: str) -> None:
     path = tmp_path / "bad_header.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header)
-    assert expected in _load_error(path)
+    assert expected in load_error(path)
 
 
 def test_metadata_field_that_is_not_an_object(tmp_path: Path) -> None:
     path = tmp_path / "bad_header.safetensors"
     header = b'{"__metadata__": "a string"}'
     path.write_bytes(struct.pack("<Q", len(header)) + header)
-    _load_error(path)
+    load_error(path)
 
 
 def test_foreign_safetensors_file(tmp_path: Path) -> None:
     path = tmp_path / "foreign.safetensors"
     save_file({"w": torch.zeros(2)}, path)
-    message = _load_error(path)
+    message = load_error(path)
     assert f"no '{METADATA_KEY}' metadata" in message and "not a ctm-serve checkpoint" in message
 
 
 def test_foreign_file_with_other_metadata(tmp_path: Path) -> None:
     path = tmp_path / "foreign.safetensors"
     save_file({"w": torch.zeros(2)}, path, metadata={"format": "pt"})
-    assert "not a ctm-serve checkpoint" in _load_error(path)
-
-
-def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-    path.write_bytes(save_tensors(tensors, metadata=metadata))
-    return path
+    assert "not a ctm-serve checkpoint" in load_error(path)
 
 
 def test_metadata_not_json(tmp_path: Path) -> None:
-    path = _write(tmp_path / "m.safetensors", _student_tensors(_model(0)), {METADATA_KEY: "{oops"})
-    assert f"'{METADATA_KEY}' metadata is not valid JSON" in _load_error(path)
+    path = write_file(tmp_path / "m.safetensors", student_tensors(seeded_model(0)), {METADATA_KEY: "{oops"})
+    assert f"'{METADATA_KEY}' metadata is not valid JSON" in load_error(path)
 
 
 def test_metadata_not_an_object(tmp_path: Path) -> None:
-    path = _write(tmp_path / "m.safetensors", _student_tensors(_model(0)), {METADATA_KEY: "[1, 2]"})
-    assert f"'{METADATA_KEY}' metadata is not a JSON object" in _load_error(path)
-
-
-@pytest.mark.parametrize(
-    ("version", "expected"),
-    [
-        (None, "missing or invalid format_version"),
-        ("1", "missing or invalid format_version"),
-        (True, "missing or invalid format_version"),
-        (1.0, "missing or invalid format_version"),
-        (0, "unknown format version 0"),
-        (1, "format version 1 predates the corrected prior"),
-        (FORMAT_VERSION + 1, f"format version {FORMAT_VERSION + 1} is newer"),
-    ],
-)
-def test_bad_format_version(tmp_path: Path, version: Any, expected: str) -> None:
-    meta = {**_metadata(), "has_teacher": False}
-    if version is not None:
-        meta["format_version"] = version
-    header = {METADATA_KEY: json.dumps(meta)}
-    path = _write(tmp_path / "v.safetensors", _student_tensors(_model(0)), header)
-    message = _load_error(path)
-    assert expected in message
-    if version == FORMAT_VERSION + 1:
-        assert "upgrade" in message
+    path = write_file(tmp_path / "m.safetensors", student_tensors(seeded_model(0)), {METADATA_KEY: "[1, 2]"})
+    assert f"'{METADATA_KEY}' metadata is not a JSON object" in load_error(path)
 
 
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
-        (lambda m: m.pop("architecture"), "lacks a valid architecture"),
+        (lambda m: m.pop("network"), "lacks a valid architecture"),
         (lambda m: m.pop("noise"), "lacks a valid architecture"),
-        (lambda m: m["architecture"]["network"].update(width=0), "lacks a valid architecture"),
-        (lambda m: m["architecture"]["network"].update(colour="red"), "lacks a valid architecture"),
+        (lambda m: m["network"].update(width=0), "lacks a valid architecture"),
+        (lambda m: m["network"].update(colour="red"), "lacks a valid architecture"),
         (lambda m: m["noise"].update(sigma_min=20.0), "lacks a valid architecture"),
-        (lambda m: m["architecture"].update(sigma_data=0.7), "sigma_data disagrees"),
-        (lambda m: m["noise"].update(sigma_data=None), "sigma_data disagrees"),
+        (lambda m: m["noise"].update(sigma_data=None), "noise.sigma_data must be set"),
     ],
 )
 def test_bad_architecture_metadata(tmp_path: Path, edit: Any, expected: str) -> None:
-    meta = _metadata()
+    meta = metadata_json()
     edit(meta)
-    path = _write(tmp_path / "arch.safetensors", _student_tensors(_model(0)), _header(meta))
-    assert expected in _load_error(path, one_line=False)
+    path = write_file(tmp_path / "arch.safetensors", student_tensors(seeded_model(0)), file_header(meta))
+    assert expected in load_error(path, one_line=False)
 
 
 def test_invalid_network_settings_give_a_one_line_message(tmp_path: Path) -> None:
-    meta = _metadata()
-    meta["architecture"]["network"]["width"] = 0
-    path = _write(tmp_path / "arch.safetensors", _student_tensors(_model(0)), _header(meta))
-    assert "lacks a valid architecture" in _load_error(path, one_line=True)
+    meta = metadata_json()
+    meta["network"]["width"] = 0
+    path = write_file(tmp_path / "arch.safetensors", student_tensors(seeded_model(0)), file_header(meta))
+    assert "lacks a valid architecture" in load_error(path, one_line=True)
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda m: m.update(colour="red"), "invalid metadata, unknown field colour"),
+        (lambda m: m["task"].update(colour="red"), "unknown field task.colour"),
+        (lambda m: m["training"]["state"].update(epoch=3), "unknown field training.state.epoch"),
+        (lambda m: m["metrics"].update(qW1_onestep=1.25), "unknown field metrics.qW1_onestep"),
+        (lambda m: m.pop("task"), "invalid metadata, missing field task"),
+        (lambda m: m.pop("created_at"), "missing field created_at"),
+        (lambda m: m["task"].pop("name"), "missing field task.name"),
+        (lambda m: m["training"].pop("state"), "missing field training.state"),
+        (lambda m: m["training"]["state"].update(phase="halfway"), "training.state.phase: Input should be"),
+        (lambda m: m["training"]["ctm"].update(steps=-1), "training.ctm.steps: Input should be greater"),
+        (lambda m: m["metrics"].update(rows="many"), "metrics.rows: Input should be a valid list"),
+        (
+            lambda m: m["task"].update(kde_points=[1.0, "2"]),
+            "task.kde_points.1: Input should be a valid number",
+        ),
+        (lambda m: m.update(training=[]), "training: Input should be a valid dictionary"),
+        (lambda m: m.update(created_at=None), "created_at: Input should be a valid string"),
+    ],
+)
+def test_malformed_metadata_is_refused_with_the_field_named(tmp_path: Path, edit: Any, expected: str) -> None:
+    """Any field unknown, missing or of the wrong kind: one line naming it, and what to do."""
+    meta = metadata_json()
+    edit(meta)
+    path = write_file(tmp_path / "meta.safetensors", student_tensors(seeded_model(0)), file_header(meta))
+    message = load_error(path)
+    assert expected in message and "retrain it" in message
 
 
 def test_wrong_tensor_shape(tmp_path: Path) -> None:
     path = tmp_path / "shape.safetensors"
-    wide = _model(0, NetworkConfig(kind="mlp", width=32, depth=2))
-    save_checkpoint(path, student=wide, teacher=None, metadata=_metadata(NETWORK))  # claims width 16
-    message = _load_error(path)
+    wide = seeded_model(0, NetworkConfig(kind="mlp", width=32, depth=2))
+    save_checkpoint(path, student=wide, teacher=None, metadata=sample_metadata(NETWORK))  # claims width 16
+    message = load_error(path)
     assert "student.net.mlp.0.weight" in message
     assert "[32," in message and "expected torch.float32[16," in message
 
 
 def test_wrong_number_of_monotone_units(tmp_path: Path) -> None:
     path = tmp_path / "units.safetensors"
-    more = _model(0, MONOTONE.model_copy(update={"units": 16}))
-    save_checkpoint(path, student=more, teacher=None, metadata=_metadata(MONOTONE))  # claims 8 units
-    message = _load_error(path)
+    more = seeded_model(0, MONOTONE.model_copy(update={"units": 16}))
+    save_checkpoint(path, student=more, teacher=None, metadata=sample_metadata(MONOTONE))  # claims 8 units
+    message = load_error(path)
     # The head gives 3 coefficients per unit and 3 more (b, l, ρ): 51 rows for 16 units, 27 for 8.
     assert "student.net.head.weight" in message
     assert "[51, 16]" in message and "expected torch.float32[27, 16]" in message
@@ -435,56 +409,58 @@ def test_wrong_number_of_monotone_units(tmp_path: Path) -> None:
 
 def test_wrong_dtype(tmp_path: Path) -> None:
     path = tmp_path / "double.safetensors"
-    save_checkpoint(path, student=_model(0).double(), teacher=None, metadata=_metadata())
-    message = _load_error(path)
+    save_checkpoint(path, student=seeded_model(0).double(), teacher=None, metadata=sample_metadata())
+    message = load_error(path)
     assert "torch.float64" in message and "expected torch.float32" in message
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_non_finite_weights(tmp_path: Path, value: float) -> None:
-    model = _model(0)
+    model = seeded_model(0)
     with torch.no_grad():
         model.net.mlp[2].weight[3, 4] = value
     path = tmp_path / "nan.safetensors"
-    save_checkpoint(path, student=model, teacher=None, metadata=_metadata())
-    message = _load_error(path)
+    save_checkpoint(path, student=model, teacher=None, metadata=sample_metadata())
+    message = load_error(path)
     assert "student.net.mlp.2.weight" in message and "NaN or infinite" in message
 
 
 def test_non_finite_teacher_weights(tmp_path: Path) -> None:
-    teacher = _model(1)
+    teacher = seeded_model(1)
     with torch.no_grad():
         teacher.net.mlp[0].bias[0] = float("nan")
     path = tmp_path / "nan.safetensors"
-    save_checkpoint(path, student=_model(0), teacher=teacher, metadata=_metadata())
-    assert "teacher.net.mlp.0.bias holds NaN" in _load_error(path)
+    save_checkpoint(path, student=seeded_model(0), teacher=teacher, metadata=sample_metadata())
+    assert "teacher.net.mlp.0.bias holds NaN" in load_error(path)
 
 
 def test_missing_tensor(tmp_path: Path) -> None:
-    tensors = _student_tensors(_model(0))
+    tensors = student_tensors(seeded_model(0))
     del tensors["student.net.mlp.2.bias"]
-    path = _write(tmp_path / "missing.safetensors", tensors, _header(_metadata()))
-    message = _load_error(path)
+    path = write_file(tmp_path / "missing.safetensors", tensors, file_header(sample_metadata()))
+    message = load_error(path)
     assert "do not match the architecture" in message and "net.mlp.2.bias" in message
 
 
 def test_missing_teacher(tmp_path: Path) -> None:
-    path = _write(tmp_path / "t.safetensors", _student_tensors(_model(0)), _header(_metadata(), True))
-    message = _load_error(path)
+    path = write_file(
+        tmp_path / "t.safetensors", student_tensors(seeded_model(0)), file_header(sample_metadata(), True)
+    )
+    message = load_error(path)
     assert "teacher weights do not match" in message and "missing" in message
 
 
 def test_extra_tensor_inside_a_known_prefix(tmp_path: Path) -> None:
-    tensors = _student_tensors(_model(0)) | {"student.net.extra": torch.zeros(3)}
-    path = _write(tmp_path / "extra.safetensors", tensors, _header(_metadata()))
-    message = _load_error(path)
+    tensors = student_tensors(seeded_model(0)) | {"student.net.extra": torch.zeros(3)}
+    path = write_file(tmp_path / "extra.safetensors", tensors, file_header(sample_metadata()))
+    message = load_error(path)
     assert "unexpected ['net.extra']" in message
 
 
 def test_extra_tensor_outside_the_known_prefixes(tmp_path: Path) -> None:
-    tensors = _student_tensors(_model(0)) | {"payload": torch.zeros(3)}
-    path = _write(tmp_path / "extra.safetensors", tensors, _header(_metadata()))
-    assert "unexpected tensors ['payload']" in _load_error(path)
+    tensors = student_tensors(seeded_model(0)) | {"payload": torch.zeros(3)}
+    path = write_file(tmp_path / "extra.safetensors", tensors, file_header(sample_metadata()))
+    assert "unexpected tensors ['payload']" in load_error(path)
 
 
 @pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
@@ -493,7 +469,7 @@ def test_pickle_renamed_to_safetensors(tmp_path: Path, protocol: int) -> None:
     path = tmp_path / "model.safetensors"
     payload = {"student.net.mlp.0.weight": [[0.0] * 19] * 16, "note": "x" * 64}
     path.write_bytes(pickle.dumps(payload, protocol=protocol))
-    message = _load_error(path)
+    message = load_error(path)
     assert "not a safetensors checkpoint" in message or "not valid JSON" in message
 
 
@@ -502,14 +478,14 @@ def test_random_bytes(tmp_path: Path) -> None:
     path.write_bytes(
         torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).byte().numpy().tobytes()
     )
-    _load_error(path)
+    load_error(path)
 
 
 def test_random_bytes_behind_a_plausible_length(tmp_path: Path) -> None:
     path = tmp_path / "noise.safetensors"
     body = torch.randint(0, 256, (200,), generator=torch.Generator().manual_seed(1)).byte().numpy().tobytes()
     path.write_bytes(struct.pack("<Q", 100) + body)
-    assert "header is not valid JSON" in _load_error(path)
+    assert "header is not valid JSON" in load_error(path)
 
 
 def test_corrupted_tensor_offsets(good: Path, tmp_path: Path) -> None:
@@ -523,7 +499,7 @@ def test_corrupted_tensor_offsets(good: Path, tmp_path: Path) -> None:
     raw += b" " * (-len(raw) % 8)
     path = tmp_path / "offsets.safetensors"
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + header_len :])
-    assert "not a valid safetensors file" in _load_error(path)
+    assert "not a valid safetensors file" in load_error(path)
 
 
 # ---- no pickle anywhere in the shipped code ----------------------------------------------------
@@ -585,15 +561,27 @@ def test_no_pickle_in_shipped_code() -> None:
 
 def test_the_metadata_holds_every_fact_under_its_documented_key(good: Path) -> None:
     meta = load_checkpoint(good).metadata
-    assert meta["task"] == {"name": "two_gmm_1D", "description": "test task"}
-    assert meta["training"] == {"mode": "distill", "seed": 3, "ctm": {"steps": 7}}
-    assert meta["metrics"] == {"rows": [{"label": "student onestep", "qW1": 0.5}]}
-    assert meta["package_version"] == ctm_core.__version__
-    assert meta["created_at"] == CREATED_AT
-    bare = checkpoint_metadata(network=NETWORK, noise=NOISE, task={"name": "t", "description": ""})
-    assert bare["training"] == {} and bare["metrics"] == {}  # absent, not None
-    with pytest.raises(ValueError, match=r"^noise.sigma_data must be set before saving$"):
-        checkpoint_metadata(network=NETWORK, noise=NoiseConfig(), task={})
+    assert (meta.network, meta.noise) == (NETWORK, NOISE)
+    assert meta.task == TaskInfo(name="two_gmm_1D", description="test task")
+    assert meta.training == TRAINING and meta.training.ctm.steps == 7 and meta.training.seed == 3
+    assert meta.training.train_config(NETWORK, NOISE) == TrainConfig(
+        seed=3, ctm=CTMConfig(steps=7), network=NETWORK, noise=NOISE
+    )
+    assert meta.metrics == Metrics(rows=[{"label": "student onestep", "qW1": 0.5}])
+    assert meta.package_version == ctm_core.__version__
+    assert meta.created_at == CREATED_AT
+    bare = checkpoint_metadata(network=NETWORK, noise=NOISE, task=TaskInfo(name="t"))
+    assert bare.training is None and bare.metrics == Metrics()
+    written = bare.model_dump(mode="json")  # absent, not null
+    assert (
+        "training" not in written
+        and written["metrics"] == {}
+        and written["task"] == {"name": "t", "description": ""}
+    )
+    with pytest.raises(
+        ValueError, match=r"noise.sigma_data must be set \(the value the model was trained with\)"
+    ):
+        checkpoint_metadata(network=NETWORK, noise=NoiseConfig(), task=TaskInfo(name="t"))
 
 
 def test_the_header_is_written_with_sorted_keys(good: Path) -> None:

@@ -26,7 +26,7 @@ from tiny_training import TINY
 
 import ctm_core.distributed as distributed
 from ctm_core import data as data_module
-from ctm_core.checkpoint import Checkpoint, load_checkpoint
+from ctm_core.checkpoint import Checkpoint, DistributedRun, MemoryMapped, TrainingState, load_checkpoint
 from ctm_core.config import CTMConfig, NetworkConfig, NoiseConfig, TeacherConfig, TrainConfig
 from ctm_core.data import DataFileError, data_statistics, load_data_file
 from ctm_core.distributed import (
@@ -207,17 +207,16 @@ def test_cli_trains_on_a_memory_mapped_file(tmp_path: Path, capsys: pytest.Captu
     printed = capsys.readouterr().out
     assert "held-out mean log-likelihood" in printed
     assert "(onestep density)" in printed  # the density /logprob serves for a monotone model
-    task = load_checkpoint(out).metadata["task"]
+    task = load_checkpoint(out).metadata.task
     # 6000 values are 6 blocks of 1024 (the last one 880): round(0.25·6) = 2 blocks held out.
-    assert task["n_train"] + task["n_holdout"] == 6000
-    assert task["n_holdout"] in (2048, 1904)
-    assert task["memory_mapped"] == {
-        "block_values": 1024,
-        "reference_values": task["n_train"],
-        "holdout_values_evaluated": task["n_holdout"],
-    }
-    assert task["statistics"]["mean"] == pytest.approx(values.mean(), rel=1e-12)
-    assert len(task["kde_points"]) == 2000
+    assert task.n_train is not None and task.n_holdout is not None
+    assert task.n_train + task.n_holdout == 6000
+    assert task.n_holdout in (2048, 1904)
+    assert task.memory_mapped == MemoryMapped(
+        block_values=1024, reference_values=task.n_train, holdout_values_evaluated=task.n_holdout
+    )
+    assert task.statistics is not None and task.statistics.mean == pytest.approx(values.mean(), rel=1e-12)
+    assert task.kde_points is not None and len(task.kde_points) == 2000
 
 
 # ---- one process: the distributed code path changes nothing -------------------------------------
@@ -289,8 +288,9 @@ def test_plain_training_never_touches_torch_distributed(
     out = tmp_path / "plain.safetensors"
     argv = ["--teacher-steps", "30", "--ctm-steps", "20", *TINY, "--eval-n", "0", "--save-every", "10"]
     assert main([*argv, "--out", str(out)]) == 0
-    training = load_checkpoint(out).metadata["training"]
-    assert "distributed" not in training and training["state"] == {"phase": "done", "step": 20}
+    training = load_checkpoint(out).metadata.training
+    assert training is not None and training.distributed is None
+    assert training.state == TrainingState(phase="done", step=20)
 
 
 def test_mixed_precision_code_path_runs_on_the_cpu() -> None:
@@ -380,9 +380,10 @@ def two_process_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, obje
 def test_two_processes_hold_identical_weights(two_process_runs: dict) -> None:
     full = two_process_runs["full"]
     ckpt: Checkpoint = full["ckpt"]
-    training = ckpt.metadata["training"]
+    training = ckpt.metadata.training
+    assert training is not None
     digest = state_digest(ckpt.student, ckpt.teacher)
-    assert training["distributed"] == {"world_size": 2, "backend": "gloo", "replicas_sha256": digest}
+    assert training.distributed == DistributedRun(world_size=2, backend="gloo", replicas_sha256=digest)
     line = (
         "2 processes (gloo): every rank held the same weights, EMAs and teacher at the end of each "
         f"phase (sha256 {digest})"
@@ -390,14 +391,15 @@ def test_two_processes_hold_identical_weights(two_process_runs: dict) -> None:
     assert full["out"].count(line) == 1  # printed by rank 0 only
     assert full["out"].count("trained values (distill)") == 1
     assert "Traceback" not in full["err"]
-    assert training["state"] == {"phase": "done", "step": 40, "world_size": 2}
+    assert training.state == TrainingState(phase="done", step=40, world_size=2)
     assert ckpt.state == {}
-    task = ckpt.metadata["task"]
-    assert task["n_train"] + task["n_holdout"] == 8192 and task["n_holdout"] == 2048
-    assert task["memory_mapped"]["block_values"] == 1024
-    rows = ckpt.metadata["metrics"]["rows"]
+    task = ckpt.metadata.task
+    assert (task.n_train, task.n_holdout) == (8192 - 2048, 2048)
+    assert task.memory_mapped is not None and task.memory_mapped.block_values == 1024
+    rows = ckpt.metadata.metrics.rows
     assert rows and all(math.isfinite(r["qW1"]) and math.isfinite(r["W1_holdout"]) for r in rows)
-    assert math.isfinite(ckpt.metadata["metrics"]["heldout_log_likelihood"]["model"])
+    likelihood = ckpt.metadata.metrics.heldout_log_likelihood
+    assert likelihood is not None and math.isfinite(likelihood["model"])
     # Only rank 0 wrote: the data, the two checkpoints, nothing else.
     names = sorted(p.name for p in two_process_runs["folder"].iterdir() if not p.name.startswith("."))
     assert names == ["full.safetensors", "stopped.safetensors", "values.npy"]
@@ -406,14 +408,16 @@ def test_two_processes_hold_identical_weights(two_process_runs: dict) -> None:
 def test_resume_under_torchrun_continues_exactly(two_process_runs: dict) -> None:
     resumed = two_process_runs["resumed"]
     interrupted: Checkpoint = resumed["interrupted"]
-    state = interrupted.metadata["training"]["state"]
-    assert state["world_size"] == 2 and state["step"] % 20 == 0 and state["phase"] in ("teacher", "ctm")
+    assert interrupted.metadata.training is not None
+    state = interrupted.metadata.training.state
+    assert state.world_size == 2 and state.step % 20 == 0 and state.phase in ("teacher", "ctm")
     assert {"rng", "rng.1"} <= set(interrupted.state)  # both ranks' random streams were saved
     assert not torch.equal(interrupted.state["rng"], interrupted.state["rng.1"])
-    assert f"resuming stopped.safetensors: {state['phase']} step {state['step']}" in resumed["out"]
+    assert f"resuming stopped.safetensors: {state.phase} step {state.step}" in resumed["out"]
     assert "note:" not in resumed["out"]
     final: Checkpoint = resumed["ckpt"]
-    assert final.metadata["training"]["state"] == {"phase": "done", "step": 40, "world_size": 2}
+    assert final.metadata.training is not None
+    assert final.metadata.training.state == TrainingState(phase="done", step=40, world_size=2)
     # The same weights, bit for bit, as the run that was never stopped.
     assert _same_models(final, two_process_runs["full"]["ckpt"])
 

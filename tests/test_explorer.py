@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 from app_client import serve
+from pydantic import ValidationError
 from scipy import stats
 
-from ctm_core.checkpoint import build_model, checkpoint_metadata, save_checkpoint
+from ctm_core.checkpoint import TaskInfo, build_model, checkpoint_metadata, save_checkpoint
 from ctm_core.config import NetworkConfig, NoiseConfig
 from ctm_core.metrics import w1_to_cdf, w1_two_sample
 from ctm_core.tasks import get_task
@@ -34,9 +35,7 @@ def write_data_checkpoint(path: Path, kde_points: list[float] | None) -> Path:
     """An untrained model "trained on user data", storing `kde_points` in its task metadata (if given)."""
     network = NetworkConfig(width=16, depth=2)
     noise = NoiseConfig(sigma_min=0.002, sigma_max=10.0, sigma_data=1.0)
-    task: dict[str, Any] = {"name": path.stem, "kind": "data", "description": "user data"}
-    if kde_points is not None:
-        task["kde_points"] = kde_points
+    task = TaskInfo(name=path.stem, kind="data", description="user data", kde_points=kde_points)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         student = build_model(network, 1.0)
@@ -282,13 +281,16 @@ async def test_openapi_declares_the_explorer_endpoints(client: httpx.AsyncClient
 
 
 def test_reference_for_checkpoint_metadata() -> None:
-    assert reference_for({"name": "two_gmm_1D"}).source == "exact"
-    assert reference_for({"name": "two_gmm_1D", "kind": "gaussian_mixture"}).source == "exact"
-    assert reference_for({"name": "two_gmm_1D", "kind": "data"}) is None  # user data named like a task
-    assert reference_for({"name": "unknown"}) is None
-    for bad in ([1.0], [1.0, "2"], [1.0, float("nan")], [True, False], [2.0, 2.0], "1,2"):
-        assert reference_for({"kind": "data", "kde_points": bad}) is None
-    many = reference_for({"kind": "data", "kde_points": np.arange(5_001.0)[::-1].tolist()})
+    assert reference_for(TaskInfo(name="two_gmm_1D")).source == "exact"
+    assert reference_for(TaskInfo(name="two_gmm_1D", kind="gaussian_mixture")).source == "exact"
+    assert reference_for(TaskInfo(name="two_gmm_1D", kind="data")) is None  # user data named like a task
+    assert reference_for(TaskInfo(name="unknown")) is None
+    for few in ([1.0], [2.0, 2.0]):  # a KDE needs two distinct values
+        assert reference_for(TaskInfo(name="d", kind="data", kde_points=few)) is None
+    for bad in ([1.0, "2"], [1.0, float("nan")], [True, False], "1,2"):  # refused when the file loads
+        with pytest.raises(ValidationError, match="kde_points"):
+            TaskInfo(name="d", kind="data", kde_points=bad)
+    many = reference_for(TaskInfo(name="d", kind="data", kde_points=np.arange(5_001.0)[::-1].tolist()))
     assert many is not None and many.source == "kde"
     values = many.task.values
     assert values.size == MAX_KDE_POINTS and (values[0], values[-1]) == (0.0, 5_000.0)

@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import StepPatch
 
+from ctm_core.checkpoint import TaskInfo
 from ctm_core.evaluation import format_heldout_likelihood, format_report, format_table, table_legend
 from ctm_core.plots import TRAINING_HISTOGRAM_LABEL, density_figure, reference_histogram
 from ctm_core.tasks import EmpiricalTask, get_task
@@ -65,7 +66,7 @@ def test_histogram_density_is_numpy_histogram_over_all_values() -> None:
 
 
 def test_service_figure_of_user_data_draws_the_training_histogram_on_the_samples_bins() -> None:
-    reference = reference_for({"name": "mydata", "kind": "data", "kde_points": VALUES.tolist()})
+    reference = reference_for(TaskInfo(name="mydata", kind="data", kde_points=VALUES.tolist()))
     assert reference is not None and reference.source == "kde"
     np.testing.assert_array_equal(reference.training_values, VALUES)
     x_range = view_range(SAMPLES, reference.default_range())
@@ -88,7 +89,7 @@ def test_service_figure_of_user_data_draws_the_training_histogram_on_the_samples
 
 
 def test_service_figure_of_a_builtin_task_draws_its_true_density() -> None:
-    reference = reference_for({"name": "two_gmm_1D"})
+    reference = reference_for(TaskInfo(name="two_gmm_1D"))
     assert reference is not None and reference.training_values is None
     ax = axes()
     x_range = view_range(SAMPLES, reference.default_range())
@@ -105,7 +106,7 @@ def test_service_figure_of_a_builtin_task_draws_its_true_density() -> None:
 
 
 def test_labels_say_what_the_reference_is() -> None:
-    kde = reference_for({"kind": "data", "kde_points": VALUES.tolist()})
+    kde = reference_for(TaskInfo(name="data", kind="data", kde_points=VALUES.tolist()))
     assert kde is not None and kde.label == "KDE of the training data (Scott's rule)"
     # The word of /evaluate's `reference`, as the explorer shows it.
     assert w1_label("kde") == "W1 to the training data (reference: kde)"

@@ -17,12 +17,18 @@ import pytest
 import torch
 from tiny_training import TINY as TINY_FLAGS
 
-from ctm_core.checkpoint import load_checkpoint
+from ctm_core.checkpoint import Checkpoint, TrainingState, load_checkpoint
 from ctm_core.train import main
 
 TINY = [*TINY_FLAGS, "--eval-n", "0"]
 SAVE_EVERY = 3
 TEACHER_STEPS, CTM_STEPS = 800, 20
+
+
+def _step(ckpt: Checkpoint) -> int:
+    """The step of the run the checkpoint was saved at."""
+    assert ckpt.metadata.training is not None
+    return ckpt.metadata.training.state.step
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +58,7 @@ def test_kill_9_at_a_random_moment_then_resume(tmp_path: Path, capsys: pytest.Ca
     )
     try:
         deadline = time.monotonic() + 90
-        while not (out.exists() and load_checkpoint(out).metadata["training"]["state"]["step"] >= target):
+        while not (out.exists() and _step(load_checkpoint(out)) >= target):
             assert proc.poll() is None, proc.communicate()[1]
             assert time.monotonic() < deadline, "no checkpoint in time"
             time.sleep(0.002)
@@ -65,14 +71,16 @@ def test_kill_9_at_a_random_moment_then_resume(tmp_path: Path, capsys: pytest.Ca
 
     context = f"kill {delay:.3f} s after a save at step ≥ {target} (seed {seed})"
     saved = load_checkpoint(out)  # the last complete checkpoint: loads and validates
-    state = saved.metadata["training"]["state"]
-    assert state["phase"] == "teacher" and state["step"] % SAVE_EVERY == 0, context
+    assert saved.metadata.training is not None
+    state = saved.metadata.training.state
+    assert state.phase == "teacher" and state.step % SAVE_EVERY == 0, context
     assert {"rng", "online.net.trunk.0.weight", "target.net.head.weight"} <= set(saved.state), context
     assert any(name.startswith("optim.") for name in saved.state), context
     # A write cut short leaves at most a hidden temporary file, never a *.safetensors.
     assert [p.name for p in tmp_path.glob("*.safetensors")] == [out.name], context
 
     assert main([*argv, "--resume", str(out), "--overwrite"]) == 0, context
-    assert f"resuming {out}: teacher step {state['step']}" in capsys.readouterr().out
+    assert f"resuming {out}: teacher step {state.step}" in capsys.readouterr().out
     final = load_checkpoint(out)
-    assert final.metadata["training"]["state"] == {"phase": "done", "step": CTM_STEPS}, context
+    assert final.metadata.training is not None
+    assert final.metadata.training.state == TrainingState(phase="done", step=CTM_STEPS), context

@@ -13,10 +13,11 @@ import httpx
 import numpy as np
 import pytest
 from app_client import serve
+from checkpoint_files import format_2_header
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ctm_core.checkpoint import METADATA_KEY
+from ctm_core.checkpoint import FORMAT_VERSION, METADATA_KEY, load_checkpoint
 from ctm_core.config import MAX_SEED, NoiseConfig
 from ctm_core.samplers import SAMPLERS, SPECS
 from ctm_core.schedules import karras_sigmas
@@ -214,12 +215,14 @@ async def test_models_list(
         assert info.has_teacher is with_teacher
         assert info.samplers == list(SAMPLERS)
         assert info.description == f"test model {info.name}"
-        assert info.metrics == {"qW1_onestep": 1.25}
+        assert info.metrics == {"rows": [{"label": "student onestep", "qW1": 1.25}]}
         assert info.training["mode"] == "distill"
+        assert info.architecture == {"network": info.training["network"], "sigma_data": noise.sigma_data}
         assert info.architecture["network"]["width"] == 16
         assert info.architecture["network"]["kind"] == "monotone"  # the default network
+        assert info.training["noise"]["sigma_data"] == noise.sigma_data
         assert info.created_at == "2024-01-01T00:00:00+00:00"
-        assert info.format_version == 2
+        assert info.format_version == FORMAT_VERSION == 3
 
 
 async def test_model_by_name(client: httpx.AsyncClient) -> None:
@@ -408,7 +411,6 @@ async def test_a_format_1_checkpoint_is_rejected_with_a_call_to_retrain(
     with safe_open(good, "pt") as f:
         metadata = json.loads(f.metadata()[METADATA_KEY])
     metadata["format_version"] = 1
-    del metadata["prior"]
     save_file(tensors, folder / "old.safetensors", metadata={METADATA_KEY: json.dumps(metadata)})
     async with serve(folder) as client:
         body = await get_json(client, "/models")
@@ -417,6 +419,30 @@ async def test_a_format_1_checkpoint_is_rejected_with_a_call_to_retrain(
     reasons = {r["file_name"]: r["reason"] for r in body["rejected"]}
     assert list(reasons) == ["old.safetensors"]
     assert "format version 1" in reasons["old.safetensors"] and "Retrain" in reasons["old.safetensors"]
+
+
+async def test_a_format_2_checkpoint_is_described_as_its_format_3_copy(
+    tmp_path: Path, checkpoint_dir: Path
+) -> None:
+    """A format 2 file (each copy of a fact in place) serves: /models describes it as the same model
+    written as format 3, but for the file (its format, size and sha256)."""
+    folder = tmp_path / "both"
+    folder.mkdir()
+    good = checkpoint_dir / "gauss_1D.safetensors"  # with a teacher
+    (folder / "new.safetensors").write_bytes(good.read_bytes())
+    checkpoint = load_checkpoint(good)
+    save_file(
+        load_file(good), folder / "old.safetensors", metadata=format_2_header(checkpoint.metadata, True)
+    )
+    async with serve(folder) as client:
+        body = await get_json(client, "/models")
+    assert body["rejected"] == []
+    new, old = body["models"]
+    assert (old["format_version"], new["format_version"]) == (2, 3)
+    of_the_file = {"name", "file_name", "size_bytes", "sha256", "format_version"}
+    assert {k: v for k, v in old.items() if k not in of_the_file} == {
+        k: v for k, v in new.items() if k not in of_the_file
+    }
 
 
 async def test_only_bad_checkpoints_is_not_ready(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from app_client import serve
 
-from ctm_core.checkpoint import load_checkpoint
+from ctm_core.checkpoint import FORMAT_VERSION, load_checkpoint
 from ctm_core.exact import exact_flow
 from ctm_core.metrics import quantile_w1
 from ctm_core.samplers import generate, latent
@@ -47,14 +47,14 @@ def _onestep(task: str) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_every_task_has_a_valid_small_current_checkpoint(task: str) -> None:
     ckpt = load_checkpoint(CHECKPOINTS / f"{task}.safetensors")
-    assert ckpt.metadata["task"]["name"] == task
+    assert ckpt.format_version == FORMAT_VERSION
+    assert ckpt.metadata.task.name == task
     assert ckpt.teacher is not None  # distilled: the benchmarks compare the teacher's ODE
     assert ckpt.size_bytes < 1_000_000
-    assert ckpt.metadata["architecture"]["network"]["kind"] == "monotone"
-    # The prior the model was trained with is the marginal's: std √(σ_max² + σ_d²).
-    prior = ckpt.metadata["prior"]
-    assert prior["std"] == pytest.approx(np.hypot(ckpt.noise.sigma_max, ckpt.noise.sigma_data), rel=1e-12)
-    assert prior["mean"] == pytest.approx(get_task(task).mean, abs=0.05 * get_task(task).std)
+    assert ckpt.metadata.network.kind == "monotone"
+    # The prior the model was trained with is the marginal's: N(data mean, σ_max² + σ_d²).
+    prior_mean = ckpt.noise.data_mean
+    assert prior_mean == pytest.approx(get_task(task).mean, abs=0.05 * get_task(task).std)
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))
@@ -77,7 +77,7 @@ def test_one_step_follows_the_exact_flow_of_the_same_latents(task: str) -> None:
 def test_recorded_quality_is_what_the_samplers_give_now(task: str) -> None:
     """The metadata's rows were made with today's prior and schedules, so /models tells the truth."""
     ckpt = load_checkpoint(CHECKPOINTS / f"{task}.safetensors")
-    rows = {r["label"]: r["qW1"] for r in ckpt.metadata["metrics"]["rows"]}
+    rows = {r["label"]: r["qW1"] for r in ckpt.metadata.metrics.rows or []}
     kwargs = ckpt.noise.sampling_kwargs()
     trajectory = generate(ckpt.student, "multistep", 2, N, noise="quantile", **kwargs)
     # A recorded value, kept on purpose (the metadata must describe the shipped file). 1e-5: the

@@ -20,7 +20,7 @@ from app_client import serve
 from scipy import stats
 from tiny_training import TINY
 
-from ctm_core.checkpoint import Checkpoint, load_checkpoint
+from ctm_core.checkpoint import Checkpoint, Metrics, TaskInfo, TrainingState, load_checkpoint
 from ctm_core.data import split_holdout
 from ctm_core.evaluation import DEFAULT_SPECS
 from ctm_core.machine import usable_cpus
@@ -218,25 +218,25 @@ def test_tiny_run_writes_a_complete_checkpoint(finished_runs: list[Path]) -> Non
     ckpt = load_checkpoint(finished_runs[0])
     meta = ckpt.metadata
     task = get_task("two_gmm_1D")
-    assert meta["task"] == {"name": "two_gmm_1D", "description": task.description, "kind": task.kind}
-    training = meta["training"]
-    assert training["mode"] == "distill" and training["seed"] == 0 and training["task"] == "two_gmm_1D"
-    assert training["teacher"]["steps"] == 60 and training["ctm"]["steps"] == 40
-    assert training["teacher"]["batch_size"] == training["ctm"]["batch_size"] == 64
-    assert training["network"]["width"] == 16 and training["ctm"]["grid_points"] == 12
-    assert training["network"]["kind"] == "monotone" and training["network"]["units"] == 16
-    # The prior recorded is the marginal at σ_max: N(μ, σ_max² + σ_d²).
-    prior = meta["prior"]
-    assert prior["distribution"] == "normal"
-    assert prior["std"] == pytest.approx(math.hypot(meta["noise"]["sigma_max"], task.std), rel=1e-9)
-    assert training["state"] == {"phase": "done", "step": 40}
+    assert meta.task == TaskInfo(name="two_gmm_1D", description=task.description, kind=task.kind)
+    training = meta.training
+    assert training is not None
+    assert training.mode == "distill" and training.seed == 0 and training.task == "two_gmm_1D"
+    assert training.teacher.steps == 60 and training.ctm.steps == 40
+    assert training.teacher.batch_size == training.ctm.batch_size == 64
+    assert meta.network.width == 16 and training.ctm.grid_points == 12
+    assert meta.network.kind == "monotone" and meta.network.units == 16
+    # The prior is the marginal at σ_max: N(μ, σ_max² + σ_d²).
+    assert meta.noise.prior_std == pytest.approx(math.hypot(meta.noise.sigma_max, task.std), rel=1e-9)
+    assert training.state == TrainingState(phase="done", step=40)
     # σ_data was measured from the task and is what the model was built with.
-    assert meta["noise"]["sigma_data"] == pytest.approx(task.std)
+    assert meta.noise.sigma_data == pytest.approx(task.std)
     assert ckpt.student.sigma_data == pytest.approx(task.std)
     assert ckpt.teacher is not None
     assert ckpt.state == {}, "a finished run carries no resume state"
 
-    rows = meta["metrics"]["rows"]
+    rows = meta.metrics.rows
+    assert rows is not None
     assert [r["label"] for r in rows] == [spec.label for spec in DEFAULT_SPECS]
     # Heun's n steps cost 2n − 1 evaluations; the exact flow (a closed-form map) costs none.
     assert [r["nfe"] for r in rows] == [1, 2, 4, 4, 35, 35, 511, 0]
@@ -255,11 +255,12 @@ def test_same_seed_same_checkpoint(finished_runs: list[Path]) -> None:
         sa, sb = model_a.state_dict(), model_b.state_dict()
         assert sa.keys() == sb.keys()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    strip = lambda c: {k: v for k, v in c.metadata.items() if k != "created_at"}  # noqa: E731
-    assert strip(a) == strip(b)
+    assert a.metadata.model_copy(update={"created_at": ""}) == b.metadata.model_copy(
+        update={"created_at": ""}
+    )
 
     def normalised(ckpt: Checkpoint) -> bytes:
-        stamp = json.dumps(ckpt.metadata["created_at"]).encode()
+        stamp = json.dumps(ckpt.metadata.created_at).encode()
         # The metadata is a JSON string inside the JSON header, so its quotes are escaped.
         escaped = stamp.replace(b'"', b'\\"')
         data = ckpt.path.read_bytes()
@@ -276,7 +277,7 @@ def test_another_seed_gives_other_weights(tmp_path: Path, finished_runs: list[Pa
     assert not torch.equal(
         a.student.state_dict()["net.trunk.0.weight"], b.student.state_dict()["net.trunk.0.weight"]
     )
-    assert b.metadata["metrics"] == {"rows": []}  # --eval-n 0 skips the table
+    assert b.metadata.metrics == Metrics(rows=[])  # --eval-n 0 skips the table
 
 
 def test_the_last_line_is_a_command_that_serves_what_was_written(
@@ -300,7 +301,8 @@ def test_overwrite_replaces_the_file(tmp_path: Path, capsys: pytest.CaptureFixtu
     out = tmp_path / "o.safetensors"
     out.write_bytes(b"old")
     assert main([*SHORT, "--eval-n", "0", "--out", str(out), "--overwrite"]) == 0
-    assert load_checkpoint(out).metadata["training"]["state"]["phase"] == "done"
+    training = load_checkpoint(out).metadata.training
+    assert training is not None and training.state.phase == "done"
     assert f"saved {out}" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.safetensors"]
 
@@ -318,18 +320,19 @@ def test_user_data_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "(onestep density)" in printed  # a monotone model: the one-step sampler's own density
 
     meta = load_checkpoint(out).metadata
-    task = meta["task"]
-    assert task["kind"] == "data" and task["name"] == "mydata" and task["file"] == "mydata.csv"
-    assert (task["n_train"], task["n_holdout"]) == (300, 100)
-    assert task["statistics"]["n"] == 400
-    assert task["statistics"]["mean"] == pytest.approx(float(np.round(values, 6).mean()), abs=1e-9)
-    assert meta["training"]["data"] == str(path) and meta["training"]["task"] is None
+    task = meta.task
+    assert task.kind == "data" and task.name == "mydata" and task.file == "mydata.csv"
+    assert (task.n_train, task.n_holdout) == (300, 100)
+    assert task.statistics is not None and task.statistics.n == 400
+    assert task.statistics.mean == pytest.approx(float(np.round(values, 6).mean()), abs=1e-9)
+    assert meta.training is not None and meta.training.holdout == 0.25
+    assert meta.training.data == str(path) and meta.training.task is None
     train, holdout = split_holdout(np.round(values, 6), 0.25, 0)
-    assert meta["noise"]["sigma_data"] == pytest.approx(float(train.std()), rel=1e-9)
+    assert meta.noise.sigma_data == pytest.approx(float(train.std()), rel=1e-9)
 
     # The held-out likelihood is the density the service answers by default: /logprob's onestep.
-    likelihood = meta["metrics"]["heldout_log_likelihood"]
-    assert likelihood["density"] == "onestep"
+    likelihood = meta.metrics.heldout_log_likelihood
+    assert likelihood is not None and likelihood["density"] == "onestep"
     served = model_log_prob(load_model(out, torch.device("cpu")), holdout.tolist(), "onestep")
     assert np.isfinite(served).all()
     assert likelihood["model"] == pytest.approx(float(served.mean()), rel=1e-6, abs=1e-6)
@@ -337,7 +340,8 @@ def test_user_data_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     kde = stats.gaussian_kde(train, bw_method="scott")
     assert likelihood["kde"] == pytest.approx(float(kde.logpdf(holdout).mean()), rel=1e-9)
 
-    rows = meta["metrics"]["rows"]
+    rows = meta.metrics.rows
+    assert rows is not None
     assert [r["label"] for r in rows] == [s.label for s in DEFAULT_SPECS if s.network != "exact"]
     for row in rows:
         assert math.isfinite(row["W1_holdout"]) and row["W1_holdout"] > 0
@@ -388,7 +392,7 @@ def _wait_for_save(proc: subprocess.Popen, out: Path, min_step: int, timeout: fl
             pytest.fail(f"the run ended (code {proc.returncode}) before a save:\n{stdout}\n{stderr}")
         if out.exists():
             ckpt = load_checkpoint(out)  # written atomically: never half a file
-            if ckpt.metadata["training"]["state"]["step"] >= min_step:
+            if ckpt.metadata.training is not None and ckpt.metadata.training.state.step >= min_step:
                 return ckpt
         time.sleep(0.01)
     proc.kill()
@@ -410,14 +414,16 @@ def test_resume_after_a_kill_finishes_like_an_uninterrupted_run(
     assert proc.returncode == -signal.SIGKILL
 
     saved = load_checkpoint(out)
-    state = saved.metadata["training"]["state"]
-    assert state["phase"] in ("teacher", "ctm") and state["step"] % 20 == 0
+    assert saved.metadata.training is not None
+    state = saved.metadata.training.state
+    assert state.phase in ("teacher", "ctm") and state.step % 20 == 0
     assert saved.state, "a periodic save carries the resume state"
 
     assert main([*argv, "--out", str(out), "--resume", str(out), "--overwrite"]) == 0
-    assert f"resuming {out}: {state['phase']} step {state['step']}" in capsys.readouterr().out
+    assert f"resuming {out}: {state.phase} step {state.step}" in capsys.readouterr().out
     final = load_checkpoint(out)
-    assert final.metadata["training"]["state"] == {"phase": "done", "step": 60}
+    assert final.metadata.training is not None
+    assert final.metadata.training.state == TrainingState(phase="done", step=60)
     assert final.state == {}
 
     # Resuming is exact: the same weights as a run that was never interrupted.
@@ -447,17 +453,18 @@ def test_sigint_saves_and_explains_how_to_resume(tmp_path: Path) -> None:
     assert f"--resume {out}" in stderr and "interrupted" in stderr
 
     ckpt = load_checkpoint(out)
-    state = ckpt.metadata["training"]["state"]
-    assert state["phase"] == "teacher" and state["step"] >= 20
-    assert f"saved teacher step {state['step']} to {out}" in stderr
+    assert ckpt.metadata.training is not None
+    state = ckpt.metadata.training.state
+    assert state.phase == "teacher" and state.step >= 20
+    assert f"saved teacher step {state.step} to {out}" in stderr
     assert ckpt.state and "rng" in ckpt.state
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no temporary left behind
 
 
 def test_defaults_reach_the_checkpoint(finished_runs: list[Path]) -> None:
     ckpt = load_checkpoint(finished_runs[0])
-    network = ckpt.metadata["architecture"]["network"]
-    assert (network["kind"], network["init"]) == ("monotone", "he")
+    network = ckpt.metadata.network
+    assert (network.kind, network.init) == ("monotone", "he")
     assert isinstance(ckpt.student.net, MonotoneNetwork)
     # The jump samplers' schedule is linear, the ODE solvers' Karras (no landing level any more).
     assert (ckpt.noise.jump_schedule, ckpt.noise.schedule) == ("linear", "karras")
@@ -471,8 +478,8 @@ def test_init_kind_and_schedule_settings_reach_the_checkpoint(tmp_path: Path) ->
     argv += ["--set", 'noise.jump_schedule="karras"']
     assert main(argv) == 0
     ckpt = load_checkpoint(out)
-    network = ckpt.metadata["architecture"]["network"]
-    assert (network["kind"], network["init"]) == ("mlp", "pytorch")
+    network = ckpt.metadata.network
+    assert (network.kind, network.init) == ("mlp", "pytorch")
     assert isinstance(ckpt.student.net, CTMNetwork) and isinstance(ckpt.teacher.net, CTMNetwork)
     assert ckpt.noise.jump_schedule == "karras"
     assert ckpt.noise.sampling_kwargs()["jump_schedule"] == "karras"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ctm_core.checkpoint import checkpoint_metadata, load_checkpoint, save_checkpoint
+from ctm_core.checkpoint import TaskInfo, checkpoint_metadata, load_checkpoint, save_checkpoint
 from ctm_core.config import CTMConfig, NetworkConfig, NoiseConfig, TeacherConfig, TrainConfig
 from ctm_core.tasks import get_task
 from ctm_core.trainer import Trainer, cosine_lr, draw_ctm_indices, refine_grid
@@ -303,7 +303,7 @@ def test_restore_continues_exactly(phase: str, step: int, via_file: bool, tmp_pa
     if via_file:  # the path the CLI takes: safetensors on disk
         path = tmp_path / "state.safetensors"
         metadata = checkpoint_metadata(
-            network=config.network, noise=config.noise, task={"name": "t", "description": "d"}
+            network=config.network, noise=config.noise, task=TaskInfo(name="t", description="d")
         )
         save_checkpoint(
             path, student=student, teacher=original.teacher_eval, metadata=metadata, state=tensors
