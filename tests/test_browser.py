@@ -23,7 +23,7 @@ from ctm_core.config import NetworkConfig, NoiseConfig
 from ctm_core.samplers import SAMPLERS, nfe_of
 
 try:
-    from playwright.sync_api import Browser, Page, Route, sync_playwright
+    from playwright.sync_api import Browser, Page, Response, Route, sync_playwright
 except ImportError:  # the test extra is not installed
     sync_playwright = None
 
@@ -57,7 +57,9 @@ TRAINING_VALUES = np.concatenate([np.linspace(-1.5, -0.5, 60), np.linspace(1.5, 
 NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?(?:e[+-]?\d+)?")
 MAX_SIGNIFICANT_DIGITS = 6
 MAX_PATHS = 300  # paths the page draws at most (service/plotting.py MAX_PLOTTED_PATHS)
-PAGE_FILES = {"/", "/static/explorer.js", "/static/explorer.css"}
+# The page and every file it loads: its style sheet and its ES modules (explorer.js imports the rest).
+PAGE_MODULES = ("explorer", "api", "controls", "plots", "scales", "format", "downloads")
+PAGE_FILES = {"/", "/static/explorer.css", *(f"/static/{module}.js" for module in PAGE_MODULES)}
 
 pytestmark = [
     pytest.mark.skipif(
@@ -114,14 +116,24 @@ class Explorer:
         self.page: Page = browser.new_page(viewport={"width": 1280, "height": 900})
         self.requests: list[tuple[str, str]] = []
         self.errors: list[str] = []
+        self.file_statuses: dict[str, list[int]] = {}  # path of a page file → the HTTP status of each fetch
         self.page.on("request", lambda r: self.requests.append((r.method, r.url)))
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.on("response", self._record_page_file)
+        self.page.on("requestfailed", lambda r: self.errors.append(f"request failed: {r.url} {r.failure}"))
         if prepare is not None:
             prepare(self.page)
         with self.page.expect_response(lambda r: httpx.URL(r.url).path == "/trajectory") as first:
-            self.page.goto(f"{base_url}/")
+            self.page.goto(f"{base_url}/")  # returns on the load event: every file of the page fetched
+            # Each file of the page loaded once: a module missing (404), or not in PAGE_FILES, fails here.
+            assert self.file_statuses == {path: [200] for path in PAGE_FILES}, self.file_statuses
         self.first_run = dict(httpx.URL(first.value.url).params)
         self.wait_for_run(0)  # the page samples once on load
+
+    def _record_page_file(self, response: "Response") -> None:
+        path = httpx.URL(response.url).path
+        if path in PAGE_FILES or path.startswith("/static/"):
+            self.file_statuses.setdefault(path, []).append(response.status)
 
     @property
     def runs(self) -> int:

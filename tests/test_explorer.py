@@ -20,6 +20,7 @@ from ctm_core.checkpoint import TaskInfo, build_model, checkpoint_metadata, save
 from ctm_core.config import NetworkConfig, NoiseConfig
 from ctm_core.metrics import w1_to_cdf, w1_two_sample
 from ctm_core.tasks import get_task
+from service.api.routes.explorer import ASSETS, STATIC_DIR
 from service.plotting import evenly, histogram_bins, view_range
 from service.reference import MAX_KDE_POINTS, reference_for
 from service.schemas import DensityResponse, EvaluateResponse
@@ -29,6 +30,8 @@ pytestmark = pytest.mark.anyio
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Training values stored in the user-data fixture: two clusters, at -1 and 2.
 KDE_POINTS = np.sort(np.concatenate([np.linspace(-1.5, -0.5, 60), np.linspace(1.5, 2.5, 40)]))
+# What the page's ES modules import: `import { ... } from "./api.js";`.
+MODULE_IMPORT = re.compile(r'^import\s[^;]*?\sfrom\s+"([^"]+)";', re.M)
 
 
 def write_data_checkpoint(path: Path, kde_points: list[float] | None) -> Path:
@@ -89,6 +92,12 @@ async def validation_errors(client: httpx.AsyncClient, url: str, params: dict[st
 # --- the page --------------------------------------------------------------------------------------
 
 
+async def page_scripts(client: httpx.AsyncClient) -> dict[str, str]:
+    """The page's JavaScript modules as served, by file name."""
+    names = [name for name, kind in ASSETS.items() if kind == "text/javascript"]
+    return {name: (await client.get(f"/static/{name}")).text for name in names}
+
+
 async def test_page_has_the_controls_and_only_local_assets(client: httpx.AsyncClient) -> None:
     response = await client.get("/")
     assert response.status_code == 200
@@ -102,13 +111,26 @@ async def test_page_has_the_controls_and_only_local_assets(client: httpx.AsyncCl
     # No CDN, no internet: every linked resource is served by this server (or inline).
     links = re.findall(r'(?:src|href)="([^"]*)"', html)
     assert links and all(link.startswith(("/", "data:")) for link in links), links
-    for asset, kind in (("explorer.js", "text/javascript"), ("explorer.css", "text/css")):
+    assert '<script type="module" src="/static/explorer.js">' in html and "/static/explorer.css" in html
+    # Every file of the static folder but the page is served, as JavaScript (for a module) or CSS.
+    assert {path.name for path in STATIC_DIR.iterdir()} == {*ASSETS, "explorer.html"}
+    for asset, kind in ASSETS.items():
         served = await client.get(f"/static/{asset}")
         assert served.status_code == 200
         assert served.headers["content-type"].startswith(kind)
-        assert f"/static/{asset}" in html
-    script = (await client.get("/static/explorer.js")).text
-    assert re.findall(r"https?://[^\s\"'`]+", script) == ["http://www.w3.org/2000/svg"]
+        assert served.headers["cache-control"] == "no-cache"
+    # explorer.js imports every other module, by a relative path to a served file, and nothing else.
+    scripts = await page_scripts(client)
+    reached, unread = set(), ["explorer.js"]
+    while unread:
+        name = unread.pop()
+        reached.add(name)
+        imports = MODULE_IMPORT.findall(scripts[name])
+        assert all(target.startswith("./") and target[2:] in scripts for target in imports), (name, imports)
+        unread.extend(target[2:] for target in imports if target[2:] not in reached)
+    assert reached == set(scripts)
+    urls = re.findall(r"https?://[^\s\"'`]+", "\n".join(scripts.values()))
+    assert urls == ["http://www.w3.org/2000/svg"]
     for missing in ("/static/explorer.html", "/static/nothing.js", "/static/..%2Fapp.py"):
         assert (await client.get(missing)).status_code == 404
 
@@ -187,7 +209,7 @@ async def test_the_page_reads_the_training_values_from_models(client: httpx.Asyn
     listing = await get_json(client, "/models")
     task = next(m["task"] for m in listing["models"] if m["name"] == "mydata")
     assert task["kde_points"] == KDE_POINTS.tolist()
-    script = (await client.get("/static/explorer.js")).text
+    script = "\n".join((await page_scripts(client)).values())
     assert "kde_points" in script and '"training data (histogram)"' in script
     for word in ("exact", "kde"):  # /evaluate's words for its reference, shown as they are
         assert f"(reference: {word})" in script

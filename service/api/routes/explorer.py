@@ -15,7 +15,9 @@ from service.reference import reference_for, task_metadata
 
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 # The page's files, by the name they are served under; nothing else in STATIC_DIR is reachable.
-ASSETS = {"explorer.js": "text/javascript", "explorer.css": "text/css"}
+# explorer.js is the page's ES module; it imports the other modules.
+_MODULES = ("explorer.js", "api.js", "controls.js", "plots.js", "scales.js", "format.js", "downloads.js")
+ASSETS = {**dict.fromkeys(_MODULES, "text/javascript"), "explorer.css": "text/css"}
 # Most samples in one figure: drawing and histogramming more adds time and shows nothing new.
 MAX_PLOT_N = 20_000
 _NO_CACHE = {"Cache-Control": "no-cache"}
@@ -45,7 +47,7 @@ def create_router(settings: Settings) -> APIRouter:
 
     @router.get("/static/{asset}", include_in_schema=False)
     async def static_asset(asset: str) -> FileResponse:
-        """The page's script and style sheet."""
+        """The page's script modules and style sheet."""
         if asset not in ASSETS:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "Not Found")
         return FileResponse(STATIC_DIR / asset, media_type=ASSETS[asset], headers=_NO_CACHE)
