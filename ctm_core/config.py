@@ -129,6 +129,10 @@ class RunConfig(_Strict):
     task: str | None = "two_gmm_1D"
     data: str | None = None
     holdout: float = Field(0.2, ge=0, lt=1)
+    # With `data`: "bandwidth" stops the flow at the training values' cross-validated KDE
+    # bandwidth (`ctm_core.bandwidth`: the served law is their KDE of that bandwidth); "noise"
+    # keeps noise.sigma_min as set. Built-in tasks always keep noise.sigma_min.
+    data_sigma_min: Literal["bandwidth", "noise"] = "bandwidth"
     seed: int = Field(0, ge=0, le=MAX_SEED)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     teacher: TeacherConfig = TeacherConfig()

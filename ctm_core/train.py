@@ -137,7 +137,7 @@ def _train(args: argparse.Namespace, runtime: Runtime) -> int:
 
     def prepare() -> tuple[TrainingData, TrainConfig, Path, tuple[Checkpoint, dict[str, Any]] | None]:
         data = load_training_data(config, group, args.mmap)
-        noised = noise_for(config, data)
+        noised = noise_for(config, data, data.bandwidth)
         out = args.out or Path("runs") / f"{data.info['name']}.safetensors"
         if (
             group.is_main

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from scipy import stats
 
+from ctm_core.bandwidth import MAX_VALUES as BANDWIDTH_VALUES
+from ctm_core.bandwidth import cv_bandwidth
 from ctm_core.config import TrainConfig
 from ctm_core.data import data_statistics, load_data_file, split_holdout
 from ctm_core.distributed import Group
@@ -63,7 +65,8 @@ class TrainingData:
 
     `mean` and `std` are those of the whole training split, the same on every rank. `task` and
     `holdout` are None on the other ranks of a memory-mapped run; `kde` is the held-out
-    likelihood's baseline (None: a KDE of all of task's values).
+    likelihood's baseline (None: a KDE of all of task's values); `bandwidth` the training values'
+    cross-validated KDE bandwidth (user data only; the same on every rank), σ_min's default.
     """
 
     sample: Callable[[int, torch.Generator], torch.Tensor]
@@ -73,6 +76,7 @@ class TrainingData:
     holdout: np.ndarray | None
     info: dict[str, Any]
     kde: stats.gaussian_kde | None = None
+    bandwidth: float | None = None
 
 
 def load_training_data(config: TrainConfig, group: Group, mmap: str = "auto") -> TrainingData:
@@ -88,7 +92,8 @@ def load_training_data(config: TrainConfig, group: Group, mmap: str = "auto") ->
         task = EmpiricalTask(train, name=Path(config.data).stem)
         info = _data_info(config, data_statistics(values), train.size, holdout.size, task)
         own = task if group.world_size == 1 else EmpiricalTask(shard(train, group.rank, group.world_size))
-        return TrainingData(own.sample, task.mean, task.std, task, holdout, info)
+        bandwidth = cv_bandwidth(train, config.seed)
+        return TrainingData(own.sample, task.mean, task.std, task, holdout, info, bandwidth=bandwidth)
 
     data = MappedData(values, config.holdout, config.seed, group.rank, group.world_size)
     mean, std = data.train_moments()
@@ -103,4 +108,6 @@ def load_training_data(config: TrainConfig, group: Group, mmap: str = "auto") ->
         "reference_values": int(task.values.size) if task else None,
         "holdout_values_evaluated": int(holdout.size) if holdout is not None else None,
     }
-    return TrainingData(data.sample, mean, std, task, holdout, info, kde)
+    # Every rank draws the same seeded subsample of the whole split, so all agree on σ_min.
+    bandwidth = cv_bandwidth(data.train_sample(BANDWIDTH_VALUES, config.seed), config.seed, data.n_train)
+    return TrainingData(data.sample, mean, std, task, holdout, info, kde, bandwidth)

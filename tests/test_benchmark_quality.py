@@ -1,20 +1,16 @@
 """`python -m benchmarks.quality`: the rows and NFEs it reports, its files, and the PASS/FAIL criteria."""
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks import quality, quality_report
 from ctm_core.config import NoiseConfig
 from ctm_core.tasks import get_task
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # benchmarks/ is not an installed package
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import quality, quality_report  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HEUN_NFE = ((2, 3), (4, 7), (9, 17), (18, 35))  # (steps, NFE = 2·steps − 1)

@@ -2,20 +2,16 @@
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from benchmarks import density
 from ctm_core.baselines import MixtureEstimator
 from ctm_core.marron_wand import MARRON_WAND
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # benchmarks/ is not an installed package
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import density  # noqa: E402
 
 GAUSSIAN = MARRON_WAND["mw01_gaussian"]
 

@@ -20,6 +20,7 @@ from app_client import serve
 from scipy import stats
 from tiny_training import TINY
 
+from ctm_core.bandwidth import cv_bandwidth
 from ctm_core.checkpoint import Checkpoint, Metrics, TaskInfo, TrainingState, load_checkpoint
 from ctm_core.data import split_holdout
 from ctm_core.evaluation import DEFAULT_SPECS
@@ -329,6 +330,10 @@ def test_user_data_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert meta.training.data == str(path) and meta.training.task is None
     train, holdout = split_holdout(np.round(values, 6), 0.25, 0)
     assert meta.noise.sigma_data == pytest.approx(float(train.std()), rel=1e-9)
+    # The flow stops at the training values' cross-validated KDE bandwidth: for modes of sd 0.3
+    # and 0.5 with 150 values each, near the AMISE rule (4/3n)^(1/5)·sd ≈ 0.12–0.19, not 0.002.
+    assert meta.noise.sigma_min == cv_bandwidth(train, 0)
+    assert 0.06 < meta.noise.sigma_min < 0.3
 
     # The held-out likelihood is the density the service answers by default: /logprob's onestep.
     likelihood = meta.metrics.heldout_log_likelihood
@@ -345,6 +350,15 @@ def test_user_data_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert [r["label"] for r in rows] == [s.label for s in DEFAULT_SPECS if s.network != "exact"]
     for row in rows:
         assert math.isfinite(row["W1_holdout"]) and row["W1_holdout"] > 0
+
+
+def test_user_data_keeps_the_configured_sigma_min_when_asked(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("\n".join(f"{v:.4f}" for v in np.random.default_rng(1).normal(0, 1, 200)) + "\n")
+    out = tmp_path / "d.safetensors"
+    argv = ["--data", str(path), "--eval-n", "0", "--out", str(out), *SHORT]
+    assert main([*argv, "--set", "data_sigma_min=noise", "--set", "noise.sigma_min=0.01"]) == 0
+    assert load_checkpoint(out).noise.sigma_min == 0.01
 
 
 def test_help_documents_every_flag() -> None:
