@@ -72,12 +72,13 @@ def main(argv: list[str] | None = None) -> int:
                 str(args.threads),
             ]
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-            held = load_checkpoint(out).metadata.metrics.heldout_log_likelihood
+            ckpt = load_checkpoint(out)
+            held = ckpt.metadata.metrics.heldout_log_likelihood
             assert held is not None, f"{out}: training recorded no held-out likelihood"
             rows.append((name, seed, held["model"], held["kde"], held.get("density", "ode")))
             print(
-                f"{name} seed {seed}: model {held['model']:.4f} ({held.get('density')}), "
-                f"Scott KDE {held['kde']:.4f} nats",
+                f"{name} seed {seed}: model {held['model']:.4f} ({held.get('density')}, "
+                f"σ_min {ckpt.noise.sigma_min:.4g}), Scott KDE {held['kde']:.4f} nats",
                 flush=True,
             )
     print("\n| data set | values | distinct | model − KDE (nats, mean ± sd over seeds) | wins |")
