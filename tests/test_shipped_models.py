@@ -17,18 +17,20 @@ from ctm_core.tasks import TASKS, get_task
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 N = 20_000
 # Regression guards for the shipped (seed-0) models: 1.3× their one-step qW1 as trained (rounded
-# up), so a change that makes them worse fails while a BLAS's rounding does not. The exact-CTM
-# targets (0.003 on two_gmm_1D, 0.008 on many_modes_1D, 0.004 elsewhere, mean over seeds 0–2)
-# and which of them hold are in docs/RESULTS.md: heavy_tailed_1D and uneven_two_gmm_1D miss.
+# up), so a change that makes them worse fails while a BLAS's rounding does not. Re-derived when the
+# recipe changed to 4,096 stable-target values (6 Dec 2026): two_gmm_1D's seed-0 model is 0.0054
+# (0.0036 before; over seeds 0–4 both recipes average 0.0044). The exact-CTM targets (0.003 on
+# two_gmm_1D, 0.008 on many_modes_1D, 0.004 elsewhere, mean over seeds 0–2) and which of them hold
+# are in docs/RESULTS.md: two_gmm_1D, heavy_tailed_1D and uneven_two_gmm_1D miss.
 ONE_STEP_GUARD = {
-    "bounded_1D": 0.0027,
-    "heavy_tailed_1D": 0.0082,
-    "many_modes_1D": 0.0063,
-    "single_gaussian_1D": 0.0005,
-    "skewed_1D": 0.0033,
-    "three_gmm_1D": 0.0029,
-    "two_gmm_1D": 0.0047,
-    "uneven_two_gmm_1D": 0.0082,
+    "bounded_1D": 0.0023,
+    "heavy_tailed_1D": 0.0080,
+    "many_modes_1D": 0.0056,
+    "single_gaussian_1D": 0.0006,
+    "skewed_1D": 0.0030,
+    "three_gmm_1D": 0.0030,
+    "two_gmm_1D": 0.0071,
+    "uneven_two_gmm_1D": 0.0067,
 }
 
 pytestmark = pytest.mark.anyio
