@@ -24,7 +24,7 @@ _FLOOR = 1e-300
 
 def scott_bandwidth(values: np.ndarray) -> float:
     """Scott's rule for a Gaussian KDE, 1.059·sd·n^(−1/5) (Scott 1992, eq. 6.42)."""
-    return float(1.059 * np.std(values, ddof=1) * values.size ** (-0.2))
+    return _scott_rule(float(np.std(values, ddof=1)), values.size)
 
 
 def cv_bandwidth(values: np.ndarray, seed: int = 0, population: int | None = None) -> float | None:
@@ -66,4 +66,8 @@ def _reference_bandwidth(values: np.ndarray) -> float:
     q75, q25 = np.percentile(values, [75, 25])
     spread = np.std(values, ddof=1)
     robust = min(spread, (q75 - q25) / 1.349) if q75 > q25 else spread
-    return float(1.059 * robust * values.size ** (-0.2))
+    return _scott_rule(robust, values.size)
+
+
+def _scott_rule(scale: float, n: int) -> float:
+    return float(1.059 * scale * n ** (-0.2))

@@ -34,11 +34,11 @@ class Moments(Protocol):
 def noise_for(config: TrainConfig, data: Moments, bandwidth: float | None = None) -> TrainConfig:
     """Fill in σ_data and the data's mean from the data, and widen σ_max for widely spread data.
 
-    For user data, `bandwidth` (the training values' `cv_bandwidth`) becomes σ_min unless
-    `config.data_sigma_min` is "noise"."""
+    For user data, `bandwidth` (`TrainingData.bandwidth`, None unless `config.data_sigma_min` is
+    "bandwidth") becomes σ_min."""
     noise = config.noise
     update: dict[str, Any] = {}
-    if config.data is not None and config.data_sigma_min == "bandwidth" and bandwidth is not None:
+    if config.data is not None and bandwidth is not None:
         update["sigma_min"] = bandwidth
     if noise.sigma_data is None:
         update["sigma_data"] = max(data.std, 1e-3)

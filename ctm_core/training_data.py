@@ -66,7 +66,8 @@ class TrainingData:
     `mean` and `std` are those of the whole training split, the same on every rank. `task` and
     `holdout` are None on the other ranks of a memory-mapped run; `kde` is the held-out
     likelihood's baseline (None: a KDE of all of task's values); `bandwidth` the training values'
-    cross-validated KDE bandwidth (user data only; the same on every rank), σ_min's default.
+    cross-validated KDE bandwidth, to be σ_min (user data with `data_sigma_min` "bandwidth"
+    only, else None; the same on every rank).
     """
 
     sample: Callable[[int, torch.Generator], torch.Tensor]
@@ -92,7 +93,7 @@ def load_training_data(config: TrainConfig, group: Group, mmap: str = "auto") ->
         task = EmpiricalTask(train, name=Path(config.data).stem)
         info = _data_info(config, data_statistics(values), train.size, holdout.size, task)
         own = task if group.world_size == 1 else EmpiricalTask(shard(train, group.rank, group.world_size))
-        bandwidth = cv_bandwidth(train, config.seed)
+        bandwidth = cv_bandwidth(train, config.seed) if _smoothed(config) else None
         return TrainingData(own.sample, task.mean, task.std, task, holdout, info, bandwidth=bandwidth)
 
     data = MappedData(values, config.holdout, config.seed, group.rank, group.world_size)
@@ -109,5 +110,13 @@ def load_training_data(config: TrainConfig, group: Group, mmap: str = "auto") ->
         "holdout_values_evaluated": int(holdout.size) if holdout is not None else None,
     }
     # Every rank draws the same seeded subsample of the whole split, so all agree on σ_min.
-    bandwidth = cv_bandwidth(data.train_sample(BANDWIDTH_VALUES, config.seed), config.seed, data.n_train)
+    bandwidth = None
+    if _smoothed(config):
+        sample = data.train_sample(BANDWIDTH_VALUES, config.seed)
+        bandwidth = cv_bandwidth(sample, config.seed, data.n_train)
     return TrainingData(data.sample, mean, std, task, holdout, info, kde, bandwidth)
+
+
+def _smoothed(config: TrainConfig) -> bool:
+    """Whether the flow stops at the data's bandwidth (`RunConfig.data_sigma_min`)."""
+    return config.data_sigma_min == "bandwidth"
