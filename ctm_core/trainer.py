@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm import tqdm
@@ -77,20 +77,27 @@ def draw_ctm_indices(
     generator: torch.Generator,
     start_probability: float = 0.0,
     direct_probability: float = 0.0,
+    order: Literal["u_first", "s_first"] = "u_first",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Grid indices n < m ≤ k for (t, u, s) = (t_n, t_m, t_k) on a grid of n_grid points.
 
-    n is uniform over all but the last point; u is uniform anywhere in (t, σ_min], so some targets
-    come straight from the solver; s is σ_min with probability `end_probability`, else uniform in
-    [u, σ_min]. With `start_probability` t is σ_max (where one-step sampling starts), and with
-    `direct_probability` u = s, so the target is the solver's own solution at s.
+    n is uniform over all but the last point. With `order` "s_first" (Kim et al. 2023, Alg. 1)
+    s is uniform in (t, σ_min] and then u uniform in (t, s]; with "u_first" u is uniform in
+    (t, σ_min] and then s uniform in [u, σ_min], which lands most jumps near σ_min. Either way s
+    is σ_min with probability `end_probability`; with `start_probability` t is σ_max (where
+    one-step sampling starts), and with `direct_probability` u = s, so the target is the
+    solver's own solution at s.
     """
     n = torch.randint(0, n_grid - 1, (batch,), generator=generator)
     n = torch.where(torch.rand(batch, generator=generator) < start_probability, 0, n)
-    m = n + 1 + (torch.rand(batch, generator=generator) * (n_grid - 1 - n)).long()
-    k = m + (torch.rand(batch, generator=generator) * (n_grid - m)).long()
-    at_end = torch.rand(batch, generator=generator) < end_probability
-    k = torch.where(at_end, torch.full_like(k, n_grid - 1), k)
+    first = n + 1 + (torch.rand(batch, generator=generator) * (n_grid - 1 - n)).long()
+    if order == "s_first":
+        k = torch.where(torch.rand(batch, generator=generator) < end_probability, n_grid - 1, first)
+        m = n + 1 + (torch.rand(batch, generator=generator) * (k - n)).long()
+    else:
+        m = first
+        k = m + (torch.rand(batch, generator=generator) * (n_grid - m)).long()
+        k = torch.where(torch.rand(batch, generator=generator) < end_probability, n_grid - 1, k)
     m = torch.where(torch.rand(batch, generator=generator) < direct_probability, k, m)
     return n, m, k
 
@@ -262,6 +269,7 @@ class Trainer:
             self.generator,
             cfg.start_probability,
             cfg.direct_probability,
+            cfg.draw_order,
         )
         if self.config.mode == "distill":
             pool = self.teacher_pool()

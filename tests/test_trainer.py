@@ -32,12 +32,22 @@ def _one_thread() -> Iterator[None]:
 # ---- draw_ctm_indices --------------------------------------------------------------------------
 
 
-def _exact_probabilities(n_grid: int, end_p: float, start_p: float, direct_p: float) -> dict[str, float]:
+def _exact_probabilities(
+    n_grid: int, end_p: float, start_p: float, direct_p: float, order: str = "u_first"
+) -> dict[str, float]:
     """P(k = N−1), P(n = 0), P(m = k) by enumerating the documented distribution."""
     last = n_grid - 1
     p_n = np.full(last, (1 - start_p) / last)
     p_n[0] += start_p
     p_k_last = p_m_last = p_m_eq_k = 0.0
+    if order == "s_first":
+        for n in range(last):
+            for k in range(n + 1, n_grid):  # k uniform in (n, N−1], or N−1 with end_p
+                pk = p_n[n] * ((1 - end_p) / (last - n) + end_p * (k == last))
+                p_k_last += pk * (k == last)
+                # m uniform in (n, k]: m = k by that draw with 1/(k − n), or by the direct draw.
+                p_m_eq_k += pk * (direct_p + (1 - direct_p) / (k - n))
+        return {"k_last": p_k_last, "n_first": p_n[0], "m_eq_k": p_m_eq_k}
     for n in range(last):
         for m in range(n + 1, n_grid):  # m uniform in (n, N−1]
             pm = p_n[n] / (last - n)
@@ -51,16 +61,17 @@ def _exact_probabilities(n_grid: int, end_p: float, start_p: float, direct_p: fl
     return {"k_last": p_k_last, "n_first": p_n[0], "m_eq_k": p_m_eq_k}
 
 
+@pytest.mark.parametrize("order", ["u_first", "s_first"])
 @pytest.mark.parametrize(
     ("n_grid", "end_p", "start_p", "direct_p"),
     [(40, 0.5, 0.0, 0.0), (18, 0.0, 0.0, 0.0), (10, 0.25, 0.3, 0.4), (3, 0.5, 0.5, 0.5), (40, 1.0, 1.0, 1.0)],
 )
 def test_ctm_indices_are_ordered_and_follow_the_probabilities(
-    n_grid: int, end_p: float, start_p: float, direct_p: float
+    n_grid: int, end_p: float, start_p: float, direct_p: float, order: str
 ) -> None:
     batch = 100_000
     gen = torch.Generator().manual_seed(0)
-    n, m, k = draw_ctm_indices(batch, n_grid, end_p, gen, start_p, direct_p)
+    n, m, k = draw_ctm_indices(batch, n_grid, end_p, gen, start_p, direct_p, order)
     assert n.shape == m.shape == k.shape == (batch,)
     assert n.dtype == m.dtype == k.dtype == torch.int64
     assert bool((n >= 0).all() and (n < m).all() and (m <= k).all() and (k <= n_grid - 1).all())
@@ -70,7 +81,7 @@ def test_ctm_indices_are_ordered_and_follow_the_probabilities(
     if direct_p < 1:
         assert set(m.unique().tolist()) == set(range(1, n_grid))
 
-    expected = _exact_probabilities(n_grid, end_p, start_p, direct_p)
+    expected = _exact_probabilities(n_grid, end_p, start_p, direct_p, order)
     observed = {
         "k_last": (k == n_grid - 1).double().mean().item(),
         "n_first": (n == 0).double().mean().item(),
@@ -88,6 +99,16 @@ def test_end_probability_share_beyond_the_natural_one() -> None:
     exact_natural = _exact_probabilities(40, 0.0, 0.0, 0.0)["k_last"]
     assert natural == pytest.approx(exact_natural, abs=0.01)  # ≈ 0.25 = E[1/(N − m)]
     assert with_end == pytest.approx(0.5 + 0.5 * exact_natural, abs=0.01)
+
+
+def test_s_first_draws_the_landing_level_uniformly_below_t() -> None:
+    """Kim et al. 2023, Alg. 1: given t (and no forced end), s is uniform over the levels below t."""
+    gen = torch.Generator().manual_seed(5)
+    n, _, k = draw_ctm_indices(200_000, 12, 0.0, gen, 0.0, 0.0, "s_first")
+    chosen = k[n == 2]
+    counts = torch.bincount(chosen, minlength=12)[3:].double()
+    expected = len(chosen) / 9
+    assert bool((counts - expected).abs().max() < 5 * math.sqrt(expected))
 
 
 def test_ctm_indices_are_reproducible_from_the_generator() -> None:
