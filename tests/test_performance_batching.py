@@ -323,3 +323,131 @@ async def test_small_batches_run_inline_and_large_ones_go_to_the_pool(
         assert threads and loop_thread not in threads
     finally:
         engine.shutdown()
+
+
+async def test_other_request_work_shares_the_inference_pool() -> None:
+    """`InferenceEngine.call` (figures, metrics) runs on the engine's own threads, so the pool's
+    size bounds all of a request's CPU work, with the engine's torch thread count."""
+    engine = inference.InferenceEngine(CPU, inference_threads=2, torch_threads=1)
+    try:
+
+        def where() -> tuple[str, int]:
+            return threading.current_thread().name, torch.get_num_threads()
+
+        names = await asyncio.gather(*(engine.call(where) for _ in range(8)))
+        assert all(name.startswith("ctm-inference") and threads == 1 for name, threads in names)
+    finally:
+        engine.shutdown()
+
+
+@pytest.mark.parametrize("jobs_in_batch", [1, 2])
+async def test_work_whose_requests_are_all_gone_stops_within_a_step(
+    full_size_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, jobs_in_batch: int
+) -> None:
+    """Cancelled while its batch runs (a timeout, a client gone), a 64-jump solve stops at its next
+    network evaluation instead of finishing, and says so in the log. A second jump waits until
+    every request is gone, so the solve cannot finish first."""
+    model = load_model(full_size_dir / "m.safetensors", CPU)
+    first_jump, requests_gone = threading.Event(), threading.Event()
+    evaluations: list[int] = []
+    runtime_jump = model.runtime.jump
+
+    def held_jump(*args: Any) -> torch.Tensor:
+        evaluations.append(1)
+        if len(evaluations) == 1:
+            first_jump.set()
+        elif len(evaluations) == 2:
+            requests_gone.wait(30)
+        return runtime_jump(*args)
+
+    monkeypatch.setattr(model.runtime, "jump", held_jump)
+    engine = inference.InferenceEngine(CPU, inference_threads=1, torch_threads=1)
+    jobs = [
+        SamplingJob(model=model, sampler="multistep", steps=64, n=1000, seed=s, noise="random", gamma=0.0)
+        for s in range(jobs_in_batch)
+    ]
+    try:
+        with caplog.at_level(logging.INFO, logger=inference.logger.name):
+            tasks = [asyncio.create_task(engine.sample(job)) for job in jobs]
+            assert await asyncio.get_running_loop().run_in_executor(None, first_jump.wait, 30)
+            for task in tasks:
+                task.cancel()
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+            assert all(isinstance(o, asyncio.CancelledError) for o in outcomes)
+            requests_gone.set()
+            await engine.call(lambda: None)  # the one pool thread is free again: the batch has ended
+        # Stopped at the check before the second jump or the third (the second may already be
+        # waiting when the requests go), never after all 64.
+        assert len(evaluations) <= 2
+        stopped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sampling stopped")]
+        rows = 1000 * jobs_in_batch
+        assert stopped == [
+            f"sampling stopped, its requests gone model=m sampler=multistep steps=64 rows={rows}"
+        ]
+    finally:
+        engine.shutdown()
+
+
+async def test_each_sampled_request_logs_what_it_ran(
+    full_size_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The access log's sampling line names the model, the sampler, its work and its own duration."""
+    model = load_model(full_size_dir / "m.safetensors", CPU)
+    engine = inference.InferenceEngine(CPU, inference_threads=1, torch_threads=1)
+    job = SamplingJob(model=model, sampler="multistep", steps=3, n=10, seed=5, noise="quantile", gamma=0.0)
+    try:
+        with caplog.at_level(logging.INFO, logger=inference.logger.name):
+            before = time.perf_counter()
+            await engine.sample(job)
+            took = time.perf_counter() - before
+    finally:
+        engine.shutdown()
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sampled ")]
+    head, _, seconds = line.rpartition(" seconds=")
+    assert head == "sampled model=m sampler=multistep steps=3 n=10 seed=5 noise=quantile nfe=3 batch=1"
+    assert 0 <= float(seconds) <= took + 1e-4  # printed to 4 decimals
+
+
+async def test_requests_for_two_models_never_share_a_batch(full_size_dir: Path, make_checkpoint: Any) -> None:
+    """Arriving together with the same sampler, steps and n, requests for two models of the same
+    kind each get their own model's samples (a batch runs on one model's network)."""
+    other = make_checkpoint(full_size_dir / "other.safetensors", noise=NOISE, network=NetworkConfig(), seed=4)
+    models = [load_model(full_size_dir / "m.safetensors", CPU), load_model(other, CPU)]
+    engine = inference.InferenceEngine(CPU, inference_threads=1, torch_threads=1)
+    jobs = [
+        SamplingJob(model=model, sampler="onestep", steps=1, n=16, seed=s, noise="random", gamma=0.0)
+        for s in range(3)
+        for model in models
+    ]
+    try:
+        results = await asyncio.gather(*(engine.sample(job) for job in jobs))
+    finally:
+        engine.shutdown()
+    for job, result in zip(jobs, results, strict=True):
+        np.testing.assert_array_equal(result.states, run_job(job, CPU).states)
+    assert not np.array_equal(results[0].states, results[1].states)
+
+
+async def test_shutdown_returns_at_once_and_drops_queued_work() -> None:
+    """Shutdown stops taking jobs without waiting for the running one; queued work is cancelled."""
+    engine = inference.InferenceEngine(CPU, inference_threads=1, torch_threads=1)
+    running, release = threading.Event(), threading.Event()
+
+    def held() -> str:
+        running.set()
+        release.wait(30)
+        return "done"
+
+    first = asyncio.create_task(engine.call(held))
+    queued = asyncio.create_task(engine.call(lambda: "queued"))
+    assert await asyncio.get_running_loop().run_in_executor(None, running.wait, 30)
+    closer = threading.Thread(target=engine.shutdown)
+    closer.start()
+    closer.join(timeout=10)
+    returned_while_running = not closer.is_alive() and not release.is_set()
+    release.set()
+    closer.join()
+    assert returned_while_running
+    assert await first == "done"
+    with pytest.raises(asyncio.CancelledError):
+        await queued

@@ -5,8 +5,10 @@ The real server (SIGTERM, logs, load) is in test_reliability_server.py; the fuzz
 """
 
 import asyncio
+import errno
 import hashlib
 import hmac
+import logging
 import os
 import re
 import threading
@@ -25,7 +27,7 @@ from ctm_core.checkpoint import atomic_write_bytes
 from ctm_core.config import NoiseConfig
 from service.config import Settings
 from service.inference import SamplingJob, run_job
-from service.registry import load_model
+from service.registry import FileStamp, ModelRegistry, load_model
 
 pytestmark = pytest.mark.anyio
 
@@ -76,6 +78,69 @@ async def reload(client: httpx.AsyncClient, **headers: str) -> dict[str, Any]:
 
 
 # ---- hot reload -----------------------------------------------------------------------------------
+
+
+def test_a_file_stamp_changes_with_each_fact_it_holds(tmp_path: Path) -> None:
+    """Reload compares stamps, not contents: a new inode, size or mtime alone must read as a new
+    version (a copy renamed over the file keeps size and mtime with `cp -p`; an in-place rewrite
+    keeps the inode)."""
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(b"a" * 64)
+    first = FileStamp.of(path)
+    when = (first.mtime_ns, first.mtime_ns)
+
+    replacement = tmp_path / "new"
+    replacement.write_bytes(b"b" * 64)
+    os.utime(replacement, ns=when)
+    os.replace(replacement, path)  # same size and mtime, another inode
+    renamed = FileStamp.of(path)
+    assert renamed.inode != first.inode and renamed != first
+
+    path.write_bytes(b"c" * 65)  # in place: same inode, other size, the old mtime
+    os.utime(path, ns=when)
+    resized = FileStamp.of(path)
+    assert (resized.inode, resized.mtime_ns) == (renamed.inode, renamed.mtime_ns) and resized != renamed
+
+    path.write_bytes(b"d" * 65)  # in place, same size, a later mtime
+    os.utime(path, ns=(first.mtime_ns + 10**9, first.mtime_ns + 10**9))
+    touched = FileStamp.of(path)
+    assert (touched.inode, touched.size) == (resized.inode, resized.size) and touched != resized
+    assert touched.device == os.stat(path).st_dev
+
+
+def test_a_reload_reports_its_own_duration_and_a_missing_directory(
+    tmp_path: Path, make_checkpoint: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "served"
+    make_checkpoint(folder / "m.safetensors", noise=NOISE, seed=1)
+    registry = ModelRegistry()
+    before = time.perf_counter()
+    report = registry.reload(folder, torch.device("cpu"))
+    took = time.perf_counter() - before
+    assert report.added == ["m"] and 0 < report.seconds <= took
+
+    missing = tmp_path / "not-there"
+    with caplog.at_level(logging.WARNING, logger="service.registry"):
+        report = registry.reload(missing, torch.device("cpu"))
+    assert report.removed == ["m"] and not report.snapshot.models
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [f"checkpoint directory missing dir={missing}"]
+
+
+def test_a_file_that_cannot_be_read_is_rejected_with_the_reason(
+    tmp_path: Path, make_checkpoint: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As root every file reads, so the operating system's refusal is simulated at the stat."""
+    folder = tmp_path / "served"
+    make_checkpoint(folder / "m.safetensors", noise=NOISE, seed=1)
+
+    def refused(cls: type, path: Path) -> FileStamp:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr(FileStamp, "of", classmethod(refused))
+    report = ModelRegistry().reload(folder, torch.device("cpu"))
+    assert not report.snapshot.models
+    assert report.snapshot.rejections["m.safetensors"].reason == "cannot read (Permission denied)"
 
 
 async def test_reload_picks_up_new_replaced_and_removed_files(
