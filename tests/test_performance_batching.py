@@ -300,8 +300,8 @@ async def test_small_batches_run_inline_and_large_ones_go_to_the_pool(
         )
 
     try:
-        small = job(1000, 1)
-        result = await engine.sample(small)  # 4,000 row-evaluations ≤ INLINE_MAX_ROW_EVALS
+        small = job(1024, 1)
+        result = await engine.sample(small)  # 4,096 row-evaluations: INLINE_MAX_ROW_EVALS exactly
         assert threads == [loop_thread]
         np.testing.assert_array_equal(result.states, run_job(small, CPU).states)
 
@@ -451,3 +451,13 @@ async def test_shutdown_returns_at_once_and_drops_queued_work() -> None:
     assert await first == "done"
     with pytest.raises(asyncio.CancelledError):
         await queued
+
+
+@pytest.mark.parametrize(
+    ("cpus", "workers", "setting", "expected"), [(8, 2, 0, 4), (2, 2, 0, 1), (2, 8, 0, 1), (2, 8, 3, 3)]
+)
+def test_row_threads_split_the_cpus_over_the_workers(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, workers: int, setting: int, expected: int
+) -> None:
+    monkeypatch.setattr(inference, "usable_cpus", lambda: cpus)
+    assert inference.torch_threads_for(Settings(workers=workers, torch_threads=setting)) == expected

@@ -23,6 +23,7 @@ import torch
 from app_client import serve
 
 import service.inference
+import service.registry
 from ctm_core.checkpoint import atomic_write_bytes
 from ctm_core.config import NoiseConfig
 from service.config import Settings
@@ -141,6 +142,79 @@ def test_a_file_that_cannot_be_read_is_rejected_with_the_reason(
     report = ModelRegistry().reload(folder, torch.device("cpu"))
     assert not report.snapshot.models
     assert report.snapshot.rejections["m.safetensors"].reason == "cannot read (Permission denied)"
+
+
+def test_a_reload_reads_only_what_changed_and_logs_each_change_once(
+    tmp_path: Path, make_checkpoint: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The registry's story, file by file: the files are named so that the one that changes sorts
+    first, and every reload must still see the ones after it."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    v1, v2 = versions(tmp_path, make_checkpoint)
+    for name in "abc":
+        (folder / f"{name}.safetensors").write_bytes(v1)
+    outside = tmp_path / "outside.safetensors"
+    outside.write_bytes(v1)
+    reads: list[str] = []
+    real_load_model = service.registry.load_model
+
+    def counting_load_model(path: Path, *args: Any, **kwargs: Any) -> Any:
+        reads.append(path.stem)
+        if path.stem == "b" and path.read_bytes() == v2:
+            raise RuntimeError("boom")
+        return real_load_model(path, *args, **kwargs)
+
+    monkeypatch.setattr(service.registry, "load_model", counting_load_model)
+    registry = ModelRegistry()
+    cpu = torch.device("cpu")
+
+    def step() -> tuple[list[str], list[str]]:
+        """Reload; the files read and the registry's log lines."""
+        reads.clear()
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="service.registry"):
+            report = registry.reload(folder, cpu)
+        assert sorted(report.snapshot.models) == [n for n in "abc" if (folder / f"{n}.safetensors").exists()]
+        return list(reads), [r.getMessage() for r in caplog.records]
+
+    h1, h2 = sha(v1)[:12], sha(v2)[:12]
+    assert step() == (
+        ["a", "b", "c"],
+        [f"checkpoint loaded model={n} file={n}.safetensors sha256={h1}" for n in "abc"],
+    )
+    assert step() == ([], [])  # unchanged: nothing read, nothing said
+
+    os.utime(folder / "a.safetensors", ns=(1, 10**18))  # touched, same bytes: read once, silently
+    assert step() == (["a"], [])
+    assert step() == ([], [])
+
+    (folder / "a.safetensors").write_bytes(b"not a checkpoint")
+    reads_, lines = step()
+    reason = registry.snapshot().rejections["a.safetensors"].reason
+    assert reads_ == ["a"]
+    assert lines == [f"checkpoint rejected file=a.safetensors reason={reason!r} serving_previous={h1}"]
+    (folder / "a_link.safetensors").symlink_to(outside)  # refused before reading, sorts before b
+    assert step() == (
+        [],
+        [
+            "checkpoint rejected file=a_link.safetensors reason='a symbolic link to a file outside the "
+            "checkpoint directory: not read'"
+        ],
+    )
+    assert step() == ([], [])  # the same refusals: not retried, not repeated
+
+    (folder / "a.safetensors").write_bytes(v2)
+    assert step() == (["a"], [f"checkpoint loaded model=a file=a.safetensors sha256={h2} replaces={h1}"])
+
+    (folder / "b.safetensors").write_bytes(v2)  # its loader fails in a way no check foresaw
+    boom = "reason='unexpected RuntimeError (boom)'"
+    assert step() == (["b"], [f"checkpoint rejected file=b.safetensors {boom} serving_previous={h1}"])
+    assert registry.snapshot().models["b"].sha256[:12] == h1
+    assert step() == ([], [])
+
+    (folder / "c.safetensors").unlink()
+    assert step() == ([], [f"checkpoint removed model=c sha256={h1}"])
 
 
 async def test_reload_picks_up_new_replaced_and_removed_files(
