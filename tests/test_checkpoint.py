@@ -442,6 +442,20 @@ def test_missing_tensor(tmp_path: Path) -> None:
     assert "do not match the architecture" in message and "net.mlp.2.bias" in message
 
 
+def test_a_mismatch_names_the_first_three_of_each_kind(tmp_path: Path) -> None:
+    tensors = student_tensors(seeded_model(0))
+    missing = sorted(k for k in tensors if k.startswith("student.net."))[:5]
+    for key in missing:
+        tensors[key.replace("student.net.", "student.old.")] = tensors.pop(key)
+    path = write_file(tmp_path / "renamed.safetensors", tensors, file_header(sample_metadata()))
+    names = [k.removeprefix("student.") for k in missing]
+    unexpected = sorted(n.replace("net.", "old.") for n in names)
+    assert load_error(path) == (
+        f"{path}: student weights do not match the architecture "
+        f"(missing {names[:3]}, unexpected {unexpected[:3]})"
+    )
+
+
 def test_missing_teacher(tmp_path: Path) -> None:
     path = write_file(
         tmp_path / "t.safetensors", student_tensors(seeded_model(0)), file_header(sample_metadata(), True)

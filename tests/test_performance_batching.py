@@ -21,7 +21,7 @@ from scipy import stats
 
 from ctm_core.config import NetworkConfig, NoiseConfig
 from ctm_core.samplers import generate
-from service import inference
+from service import inference, registry
 from service.app import create_app
 from service.batching import Batcher
 from service.config import Settings
@@ -284,9 +284,11 @@ async def test_small_batches_run_inline_and_large_ones_go_to_the_pool(
 ) -> None:
     threads: list[int] = []
     sizes: list[int] = []
+    names: set[str] = set()
 
     def recording_run_batch(jobs: list[SamplingJob], device: torch.device, **kwargs: Any) -> list[Any]:
         threads.append(threading.get_ident())
+        names.add(threading.current_thread().name)
         sizes.append(len(jobs))
         return run_batch(jobs, device, **kwargs)
 
@@ -321,6 +323,8 @@ async def test_small_batches_run_inline_and_large_ones_go_to_the_pool(
         threads.clear()
         await asyncio.gather(*(engine.sample(job(1100, s, "onestep", 1)) for s in range(4)))
         assert threads and loop_thread not in threads
+        # The engine's own pool, not asyncio's default executor.
+        assert {name.split("_")[0] for name in names} == {threading.main_thread().name, "ctm-inference"}
     finally:
         engine.shutdown()
 
@@ -461,3 +465,11 @@ def test_row_threads_split_the_cpus_over_the_workers(
 ) -> None:
     monkeypatch.setattr(inference, "usable_cpus", lambda: cpus)
     assert inference.torch_threads_for(Settings(workers=workers, torch_threads=setting)) == expected
+
+
+def test_a_runtime_that_rounds_rows_by_their_batch_is_never_batched(
+    full_size_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert load_model(full_size_dir / "m.safetensors", CPU).batchable
+    monkeypatch.setattr(registry, "batch_invariant", lambda runtime: False)
+    assert not load_model(full_size_dir / "m.safetensors", CPU).batchable
