@@ -291,7 +291,7 @@ def _validated(path: Path, raw: dict[str, Any]) -> CheckpointMetadata:
         return CheckpointMetadata.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "metadata"
+        where = ".".join(str(p) for p in first["loc"])  # never empty: `raw` is a dict
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         reason = f"{where}: {first['msg']}"
         if first["loc"][:1] in (("network",), ("noise",)):

@@ -30,6 +30,7 @@ from checkpoint_files import (
 from safetensors.torch import save_file
 
 import ctm_core
+import ctm_core.checkpoint as checkpoint_module
 from ctm_core.checkpoint import (
     FORMAT_VERSION,
     MAX_FILE_BYTES,
@@ -647,3 +648,54 @@ def test_a_failed_write_reports_the_write_error_not_the_cleanup(
     with pytest.raises(OSError, match="disk full"):
         atomic_write_bytes(tmp_path / "m.safetensors", b"payload")
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- exact messages at the limits (each boundary checked from both sides) ----------------------
+
+
+def test_invalid_metadata_message_in_full(tmp_path: Path) -> None:
+    meta = metadata_json()
+    meta.update(colour="red", flavour="sweet")
+    path = write_file(tmp_path / "two.safetensors", student_tensors(seeded_model(0)), file_header(meta))
+    assert load_error(path) == (
+        f"{path}: invalid metadata, unknown field colour (and 1 more): the file is damaged or was not "
+        "written by ctm-serve; retrain it"
+    )
+
+
+def test_a_file_of_exactly_the_size_limit_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(checkpoint_module, "MAX_FILE_BYTES", 64)
+    path = tmp_path / "edge.safetensors"
+    path.write_bytes(struct.pack("<Q", 56) + b" " * 56)  # 64 bytes: past the size check, then JSON
+    assert load_error(path) == f"{path}: the safetensors header is not valid JSON"
+    path.write_bytes(struct.pack("<Q", 57) + b" " * 57)
+    assert load_error(path) == f"{path}: 65 bytes is larger than the 64-byte limit"
+
+
+def test_a_length_field_alone_and_a_header_of_exactly_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "eight.safetensors"
+    path.write_bytes(struct.pack("<Q", 0))  # 8 bytes: the length field whole, an empty header
+    assert load_error(path) == f"{path}: the safetensors header is not valid JSON"
+    path.write_bytes(struct.pack("<Q", MAX_HEADER_BYTES) + b"{}")
+    assert load_error(path) == f"{path}: truncated (header runs past the end of the file)"
+
+
+def test_the_length_field_is_unsigned(tmp_path: Path) -> None:
+    path = tmp_path / "all_ones.safetensors"
+    path.write_bytes(b"\xff" * 8 + b"{}")
+    assert f"header claims {2**64 - 1} bytes" in load_error(path)
+
+
+def test_a_read_error_is_named(tmp_path: Path, good: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_read(self: Path) -> bytes:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(Path, "read_bytes", failing_read)
+    assert load_error(good) == f"{good}: cannot read (Input/output error)"
+
+
+def test_unknown_tensors_are_named_three_at_most(tmp_path: Path) -> None:
+    tensors = student_tensors(seeded_model(0)) | {f"junk.{c}": torch.zeros(1) for c in "abcd"}
+    path = write_file(tmp_path / "junk.safetensors", tensors, file_header(sample_metadata()))
+    message = load_error(path)
+    assert message.startswith(f"{path}: unexpected tensors [") and message.count("'junk.") == 3
