@@ -655,6 +655,13 @@ def test_a_failed_write_reports_the_write_error_not_the_cleanup(
 
 def test_invalid_metadata_message_in_full(tmp_path: Path) -> None:
     meta = metadata_json()
+    meta.update(colour="red")
+    path = write_file(tmp_path / "one.safetensors", student_tensors(seeded_model(0)), file_header(meta))
+    assert load_error(path) == (
+        f"{path}: invalid metadata, unknown field colour: the file is damaged or was not "
+        "written by ctm-serve; retrain it"
+    )
+    meta = metadata_json()
     meta.update(colour="red", flavour="sweet")
     path = write_file(tmp_path / "two.safetensors", student_tensors(seeded_model(0)), file_header(meta))
     assert load_error(path) == (

@@ -211,6 +211,7 @@ def test_a_reload_reads_only_what_changed_and_logs_each_change_once(
     boom = "reason='unexpected RuntimeError (boom)'"
     assert step() == (["b"], [f"checkpoint rejected file=b.safetensors {boom} serving_previous={h1}"])
     assert registry.snapshot().models["b"].sha256[:12] == h1
+    assert registry.snapshot().rejections["b.safetensors"].file_name == "b.safetensors"
     assert step() == ([], [])
 
     (folder / "c.safetensors").unlink()
