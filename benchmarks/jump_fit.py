@@ -2,8 +2,9 @@
 
 The student is trained to map the teacher's trajectory state at t to its state at s. This prints,
 for every third level t of the training grid and every third level s below it, the mean
-|G_student(x_t, t, s) − x_s| over 4,096 teacher trajectories (Heun, 4 steps per grid interval, as
-the trainer's pool): where the student has not learned the jumps its own training asked of it.
+|G_student(x_t, t, s) − x_s| over 4,096 teacher trajectories (Heun with the run's pool substeps
+per grid interval, as the trainer's pool): where the student has not learned the jumps its own
+training asked of it.
 
     python -m benchmarks.jump_fit checkpoints/two_gmm_1D.safetensors
 """
@@ -26,10 +27,16 @@ def jump_errors(path: Path, rows: int = 4096, every: int = 3) -> tuple[list[floa
     ckpt = load_checkpoint(path)
     if ckpt.teacher is None:
         raise ValueError(f"{path} has no teacher (a model trained from scratch)")
-    noise = ckpt.noise
-    grid = training_grid(default_config().model_copy(update={"noise": noise})).double()
+    noise, record = ckpt.noise, ckpt.metadata.training
+    # The run's own grid and pool solve, as recorded (the default recipe's for a file without them).
+    if record is not None:
+        config = record.train_config(ckpt.metadata.network, noise)
+    else:
+        config = default_config().model_copy(update={"noise": noise})
+    grid = training_grid(config).double()
+    substeps = config.ctm.pool_substeps
     x_T = latent(rows, noise.data_mean or 0.0, noise.prior_std, "random", torch.Generator().manual_seed(7))
-    states = sample_heun(ckpt.teacher, x_T, refine_grid(grid, 4)).states[::4]
+    states = sample_heun(ckpt.teacher, x_T, refine_grid(grid, substeps)).states[::substeps]
     picked = [*range(0, len(grid) - 1, every), len(grid) - 1]
     levels = grid.float()
     errors: list[list[float | None]] = []

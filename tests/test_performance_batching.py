@@ -6,9 +6,9 @@ import math
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,16 @@ from service.registry import LoadedModel, load_model
 pytestmark = pytest.mark.anyio
 CPU = torch.device("cpu")
 NOISE = NoiseConfig(sigma_min=0.002, sigma_max=10.0, sigma_data=0.5, data_mean=0.3)
+
+
+@contextmanager
+def running_engine(inference_threads: int = 1) -> Iterator[inference.InferenceEngine]:
+    """An engine on the CPU with single-threaded row work, shut down on the way out."""
+    engine = inference.InferenceEngine(CPU, inference_threads=inference_threads, torch_threads=1)
+    try:
+        yield engine
+    finally:
+        engine.shutdown()
 
 
 @pytest.fixture
@@ -293,7 +303,6 @@ async def test_small_batches_run_inline_and_large_ones_go_to_the_pool(
         return run_batch(jobs, device, **kwargs)
 
     monkeypatch.setattr(inference, "run_batch", recording_run_batch)
-    engine = inference.InferenceEngine(CPU, inference_threads=1, torch_threads=1)
     loop_thread = threading.get_ident()
 
     def job(n: int, seed: int, sampler: str = "multistep", steps: int = 4) -> SamplingJob:
@@ -301,7 +310,7 @@ async def test_small_batches_run_inline_and_large_ones_go_to_the_pool(
             model=model, sampler=sampler, steps=steps, n=n, seed=seed, noise="random", gamma=0.0
         )
 
-    try:
+    with running_engine() as engine:
         small = job(1024, 1)
         result = await engine.sample(small)  # 4,096 row-evaluations: INLINE_MAX_ROW_EVALS exactly
         assert threads == [loop_thread]
@@ -325,23 +334,18 @@ async def test_small_batches_run_inline_and_large_ones_go_to_the_pool(
         assert threads and loop_thread not in threads
         # The engine's own pool, not asyncio's default executor.
         assert {name.split("_")[0] for name in names} == {threading.main_thread().name, "ctm-inference"}
-    finally:
-        engine.shutdown()
 
 
 async def test_other_request_work_shares_the_inference_pool() -> None:
     """`InferenceEngine.call` (figures, metrics) runs on the engine's own threads, so the pool's
     size bounds all of a request's CPU work, with the engine's torch thread count."""
-    engine = inference.InferenceEngine(CPU, inference_threads=2, torch_threads=1)
-    try:
+    with running_engine(inference_threads=2) as engine:
 
         def where() -> tuple[str, int]:
             return threading.current_thread().name, torch.get_num_threads()
 
         names = await asyncio.gather(*(engine.call(where) for _ in range(8)))
         assert all(name.startswith("ctm-inference") and threads == 1 for name, threads in names)
-    finally:
-        engine.shutdown()
 
 
 @pytest.mark.parametrize("jobs_in_batch", [1, 2])
@@ -365,12 +369,11 @@ async def test_work_whose_requests_are_all_gone_stops_within_a_step(
         return runtime_jump(*args)
 
     monkeypatch.setattr(model.runtime, "jump", held_jump)
-    engine = inference.InferenceEngine(CPU, inference_threads=1, torch_threads=1)
     jobs = [
         SamplingJob(model=model, sampler="multistep", steps=64, n=1000, seed=s, noise="random", gamma=0.0)
         for s in range(jobs_in_batch)
     ]
-    try:
+    with running_engine() as engine:
         with caplog.at_level(logging.INFO, logger=inference.logger.name):
             tasks = [asyncio.create_task(engine.sample(job)) for job in jobs]
             assert await asyncio.get_running_loop().run_in_executor(None, first_jump.wait, 30)
@@ -388,8 +391,6 @@ async def test_work_whose_requests_are_all_gone_stops_within_a_step(
         assert stopped == [
             f"sampling stopped, its requests gone model=m sampler=multistep steps=64 rows={rows}"
         ]
-    finally:
-        engine.shutdown()
 
 
 async def test_each_sampled_request_logs_what_it_ran(
@@ -397,15 +398,11 @@ async def test_each_sampled_request_logs_what_it_ran(
 ) -> None:
     """The access log's sampling line names the model, the sampler, its work and its own duration."""
     model = load_model(full_size_dir / "m.safetensors", CPU)
-    engine = inference.InferenceEngine(CPU, inference_threads=1, torch_threads=1)
     job = SamplingJob(model=model, sampler="multistep", steps=3, n=10, seed=5, noise="quantile", gamma=0.0)
-    try:
-        with caplog.at_level(logging.INFO, logger=inference.logger.name):
-            before = time.perf_counter()
-            await engine.sample(job)
-            took = time.perf_counter() - before
-    finally:
-        engine.shutdown()
+    with running_engine() as engine, caplog.at_level(logging.INFO, logger=inference.logger.name):
+        before = time.perf_counter()
+        await engine.sample(job)
+        took = time.perf_counter() - before
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sampled ")]
     head, _, seconds = line.rpartition(" seconds=")
     assert head == "sampled model=m sampler=multistep steps=3 n=10 seed=5 noise=quantile nfe=3 batch=1"
@@ -417,16 +414,13 @@ async def test_requests_for_two_models_never_share_a_batch(full_size_dir: Path, 
     kind each get their own model's samples (a batch runs on one model's network)."""
     other = make_checkpoint(full_size_dir / "other.safetensors", noise=NOISE, network=NetworkConfig(), seed=4)
     models = [load_model(full_size_dir / "m.safetensors", CPU), load_model(other, CPU)]
-    engine = inference.InferenceEngine(CPU, inference_threads=1, torch_threads=1)
     jobs = [
         SamplingJob(model=model, sampler="onestep", steps=1, n=16, seed=s, noise="random", gamma=0.0)
         for s in range(3)
         for model in models
     ]
-    try:
+    with running_engine() as engine:
         results = await asyncio.gather(*(engine.sample(job) for job in jobs))
-    finally:
-        engine.shutdown()
     for job, result in zip(jobs, results, strict=True):
         np.testing.assert_array_equal(result.states, run_job(job, CPU).states)
     assert not np.array_equal(results[0].states, results[1].states)
